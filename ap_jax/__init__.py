@@ -1,0 +1,11 @@
+"""ap_jax: AP (Activate-while-Pruning) for JAX/Flax.
+
+The functional core (``masks``, ``scores``, ``prune``, ``ap``, ``stats``) is pure functions of
+pytrees that any JAX code can import; ``models``, ``data``, ``train`` and ``cycle`` build the
+iterative-pruning experiments on top of it.
+"""
+
+from ap_jax import ap, masks, prune, scores, stats
+
+__all__ = ["ap", "masks", "prune", "scores", "stats"]
+__version__ = "0.1.0"

@@ -1,0 +1,91 @@
+"""AP, Activate-while-Pruning (Liu, Ghosh, Motani, TMLR 2023): Algorithm 1 and one step of Algorithm 2.
+
+AP is not a stand-alone importance score: it rides on a base method X. In each cycle, X prunes
+``rate - ap_rate`` of the alive weights by its own scores, then AP prunes ``ap_rate`` more among
+the alive NEGATIVE weights whose value changed least during the cycle's training
+(``|W_T - W_0|`` with ``W_0`` the weights at the start of that training). A negative weight on a
+non-negative (post-ReLU) input can only lower a pre-activation, so removing it "activates" units
+and lowers the dead neuron rate.
+
+Differences from the official code (``resnet_20.py``), by design: AP prunes exactly
+``round(ap_rate * N)`` weights (the code's ``<= sort(s)[k]`` takes k+1 and crashes when fewer
+than k+1 negatives are alive); the pool holds each prunable weight once (the code duplicates BN
+scales and fc weights); BN scales are not prunable by default.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ap_jax import masks, prune, scores
+
+PyTree = Any
+
+
+def ap_scores(params: PyTree, params_ref: PyTree) -> PyTree:
+    """Algorithm 1's metric: ``|w - w_ref|`` where ``w < 0`` (strictly), +inf elsewhere."""
+    return jax.tree_util.tree_map(
+        lambda w, r: jnp.where(w < 0, jnp.abs(w - r), jnp.inf), params, params_ref
+    )
+
+
+def _check_rates(rate: Any, ap_rate: Any) -> None:
+    prune.check_fraction(rate, "rate")
+    prune.check_fraction(ap_rate, "ap_rate")
+    if prune.is_concrete(rate) and prune.is_concrete(ap_rate) and float(ap_rate) > float(rate):
+        raise ValueError(f"ap_rate ({float(ap_rate)}) must not exceed rate ({float(rate)})")
+
+
+def _warn_if_short(before: PyTree, after: PyTree, requested: Any, scope: str) -> None:
+    """Eagerly warn when AP found fewer alive negative weights than its budget."""
+    taken = np.asarray(prune.alive_counts(before, scope)) - np.asarray(prune.alive_counts(after, scope))
+    wanted = np.asarray(requested)
+    if np.any(taken < wanted):
+        warnings.warn(
+            f"AP budget {wanted.sum()} weights but only {taken.sum()} alive negative weights were "
+            "available; pruned those",
+            stacklevel=3,
+        )
+
+
+def ap_prune(
+    mask: PyTree,
+    params: PyTree,
+    params_ref: PyTree,
+    rate: Any = 0.2,
+    ap_rate: Any = 0.02,
+    base_scores: PyTree | None = None,
+    scope: str = "global",
+) -> PyTree:
+    """One X-then-AP pruning step (Algorithm 2 with Algorithm 1 as the AP metric).
+
+    With N the alive prunable count before the step (per leaf when ``scope="layerwise"``), first
+    remove ``round((rate - ap_rate) * N)`` weights by ``base_scores`` (``|params|`` when None), then
+    ``round(ap_rate * N)`` more among the still-alive negative weights with the smallest
+    ``|params - params_ref|``. With fewer alive negatives than that, all of them go and a warning
+    is emitted (eager calls only). ``rate`` and ``ap_rate`` may be traced scalars.
+    """
+    _check_rates(rate, ap_rate)
+    masks.check_match(params, mask)
+    masks.check_match(params_ref, mask)
+    if base_scores is None:
+        base_scores = scores.magnitude(params)
+    alive = prune.alive_counts(mask, scope)
+    base_rate = jnp.asarray(rate - ap_rate, jnp.float32)
+    if scope == "global":
+        base_count, ap_count = prune.budget(alive, base_rate), prune.budget(alive, ap_rate)
+    else:
+        base_count = [prune.budget(a, base_rate) for a in alive]
+        ap_count = [prune.budget(a, ap_rate) for a in alive]
+    after_base = prune.prune_count(mask, base_scores, base_count, scope)
+    after_ap = prune.prune_count(
+        after_base, ap_scores(params, params_ref), ap_count, scope, spare_inf=True
+    )
+    if all(prune.is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(after_ap)):
+        _warn_if_short(after_base, after_ap, ap_count, scope)
+    return after_ap
