@@ -1,0 +1,135 @@
+"""Run configuration: one frozen dataclass, its canonical hash, and an argparse CLI built from it.
+
+Every field that changes a result lives in ``RunConfig`` and so in its hash (as in OpenLTH,
+runs are named by a hash of their hyper-parameters). Paths and display options do not. The CLI
+is generated from the fields (``--field-name``, help from the field metadata), so a new field is
+a new flag with no second list to keep in sync; a bad value is an argparse error (exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+from typing import Any, Sequence
+
+from ap_jax import methods, models
+from ap_jax.data import DATASETS
+from ap_jax.prune import SCOPES
+
+
+def _field(default: Any, help: str, **extra: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **extra})
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One iterative-pruning run: model, data, base method X, AP share, schedule and seed."""
+
+    model: str = _field("mlp", "network", choices=models.names())
+    shortcut: str = _field("B", "ResNet shortcut: A (zero-pad, He et al.) or B (1x1 conv, official AP code)", choices=("A", "B"))
+    dataset: str = _field("cifar10", "tfds dataset name", choices=tuple(DATASETS))
+    train_size: int = _field(0, "class-balanced training subset size (0: the whole split)")
+    method: str = _field("lth", "base pruning method X", choices=tuple(methods.METHODS))
+    rate: float = _field(0.2, "share p of the alive prunable weights removed per cycle, in [0, 1)")
+    ap_rate: float = _field(0.0, "share q of p taken by AP per cycle (0: X alone; paper: 0.02)")
+    scope: str = _field("global", "pruning scope", choices=SCOPES)
+    cycles: int = _field(5, "pruning cycles after the dense run (remaining share 0.8^c)")
+    epochs: int = _field(10, "training epochs per cycle")
+    batch_size: int = _field(128, "training batch size")
+    lr: float = _field(0.1, "peak learning rate")
+    momentum: float = _field(0.9, "SGD momentum")
+    weight_decay: float = _field(1e-4, "weight decay (coupled, PyTorch-style)")
+    decay_all: bool = _field(False, "decay every parameter, not only conv/dense kernels")
+    lr_drops: tuple[float, ...] = _field((2 / 3, 5 / 6), "LR drops as shares of a cycle's steps")
+    lr_gamma: float = _field(0.1, "LR multiplier at each drop")
+    warmup_steps: int = _field(0, "linear LR warm-up steps at the start of every cycle")
+    augment: bool = _field(True, "random crop (pad 4) + horizontal flip on training batches")
+    dnr_size: int = _field(2000, "fixed unaugmented training examples the DNR is measured on")
+    eval_batch_size: int = _field(1000, "batch size for test accuracy and DNR counts")
+    seed: int = _field(0, "seed for init, data order, subset and augmentation")
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict of every field."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def hash8(self) -> str:
+        """First 8 hex digits of the sha256 of the canonical (sorted-key) JSON of the config."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:8]
+
+    def optim(self):
+        """The optimizer part of the config as a ``train.OptimConfig``."""
+        from ap_jax.train import OptimConfig
+
+        names = {f.name for f in dataclasses.fields(OptimConfig)}
+        return OptimConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+
+def check(cfg: RunConfig) -> None:
+    """Raise ``ValueError`` naming the first bad value in ``cfg``."""
+    rules = [
+        (0.0 <= cfg.rate < 1.0, f"--rate must be in [0, 1), got {cfg.rate}"),
+        (0.0 <= cfg.ap_rate < 1.0, f"--ap-rate must be in [0, 1), got {cfg.ap_rate}"),
+        (cfg.ap_rate <= cfg.rate, f"--ap-rate ({cfg.ap_rate}) must not exceed --rate ({cfg.rate})"),
+        (cfg.cycles >= 1, f"--cycles must be at least 1, got {cfg.cycles}"),
+        (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
+        (cfg.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {cfg.eval_batch_size}"),
+        (cfg.train_size >= 0, f"--train-size must be 0 (all) or positive, got {cfg.train_size}"),
+        (cfg.dnr_size >= 1, f"--dnr-size must be at least 1, got {cfg.dnr_size}"),
+        (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
+        (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
+        (all(0 < s < 1 for s in cfg.lr_drops), f"--lr-drops must lie in (0, 1), got {list(cfg.lr_drops)}"),
+        (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
+    ]
+    for ok, message in rules:
+        if not ok:
+            raise ValueError(message)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_args(parser: argparse.ArgumentParser, defaults: RunConfig, skip: Sequence[str] = ()) -> None:
+    """One flag per ``RunConfig`` field, with ``defaults`` as the shown defaults."""
+    group = parser.add_argument_group("run configuration")
+    for f in dataclasses.fields(RunConfig):
+        if f.name in skip:
+            continue
+        default = getattr(defaults, f.name)
+        kwargs: dict[str, Any] = {"default": default, "help": f"{f.metadata['help']} (default: {default})"}
+        if isinstance(default, bool):
+            kwargs.update(type=_bool, metavar="BOOL")
+        elif isinstance(default, tuple):
+            kwargs.update(type=float, nargs="+", metavar="X")
+        else:
+            kwargs.update(type=type(default))
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        group.add_argument(_flag(f.name), dest=f.name, **kwargs)
+
+
+def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, **overrides: Any) -> RunConfig:
+    """Build a ``RunConfig`` from parsed flags; a bad value becomes ``parser.error`` (exit 2)."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig) if hasattr(args, f.name)}
+    values.update(overrides)
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return RunConfig(**values)
+    except ValueError as err:
+        parser.error(str(err))

@@ -1,0 +1,169 @@
+"""Masked training: TrainState, optimizer and schedule, jitted train/eval/count steps, epoch loop.
+
+The mask lives in the TrainState beside the params (never inside the optimizer state) and is
+applied twice: in the forward pass, so a pruned weight's gradient is exactly 0, and after every
+update, so momentum and weight decay can never revive it. Every reset builds a fresh optimizer
+state. Batches are gathered, augmented and normalised inside the compiled step from the uint8
+dataset that sits on the device (airbench style), so the host never stalls the step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+from tqdm.auto import tqdm
+
+from ap_jax import data, masks, stats
+
+PyTree = Any
+
+
+class TrainState(struct.PyTreeNode):
+    """Everything one training run carries from step to step."""
+
+    step: jax.Array
+    params: PyTree
+    batch_stats: PyTree
+    opt_state: optax.OptState
+    mask: PyTree
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """SGD with momentum, coupled (PyTorch-style) weight decay, step-decay LR with warm-up."""
+
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    decay_all: bool = False  # False: decay conv/dense kernels only; True: every parameter
+    lr_drops: tuple[float, ...] = (2 / 3, 5 / 6)  # as shares of the run's steps (LTH: 20k, 25k of 30k)
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
+    """Piecewise-constant LR (÷ 1/gamma at each drop) after an optional linear warm-up."""
+    boundaries = {int(round(share * total_steps)): cfg.lr_gamma for share in cfg.lr_drops}
+    decay = optax.piecewise_constant_schedule(cfg.lr, boundaries)
+    if cfg.warmup_steps <= 0:
+        return decay
+    warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
+    return optax.join_schedules([warmup, lambda step: decay(step + cfg.warmup_steps)], [cfg.warmup_steps])
+
+
+def optimizer(cfg: OptimConfig, schedule: optax.Schedule, params: PyTree) -> optax.GradientTransformation:
+    """``wd * w`` added to the gradient (kernels only unless ``decay_all``), then SGD + momentum."""
+    decay_mask = None if cfg.decay_all else masks.prunable(params)
+    return optax.chain(
+        optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask),
+        optax.sgd(schedule, momentum=cfg.momentum),
+    )
+
+
+def fresh_state(params: PyTree, batch_stats: PyTree, mask: PyTree, tx: optax.GradientTransformation) -> TrainState:
+    """A TrainState at step 0 with masked params and a new optimizer state.
+
+    The state owns copies of its inputs, so the donating train step never deletes the caller's
+    arrays (theta_0, the mask and the cycle-start weights are needed after training).
+    """
+    params = masks.apply(params, mask)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats=jax.tree_util.tree_map(jnp.copy, batch_stats),
+        opt_state=tx.init(params), mask=jax.tree_util.tree_map(jnp.copy, mask),
+    )
+
+
+def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
+    return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
+
+
+@dataclasses.dataclass(frozen=True)
+class Steps:
+    """The compiled steps of one (model, optimizer, dataset) combination."""
+
+    train: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+    correct: Callable[..., jax.Array]
+    relu_counts: Callable[..., PyTree]
+
+
+def make_steps(model: nn.Module, tx: optax.GradientTransformation, mean, std, augment: bool = True) -> Steps:
+    """Build the jitted train step, the eval step (correct count) and the ReLU-count step."""
+
+    def forward_train(params, state: TrainState, x):
+        variables = _variables(masks.apply(params, state.mask), state.batch_stats)
+        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+        return logits, updates.get("batch_stats", state.batch_stats)
+
+    def train_step(state: TrainState, images, labels, index, key):
+        x_uint8 = images[index]
+        if augment:
+            x_uint8 = data.augment(key, x_uint8)
+        x, y = data.normalize(x_uint8, mean, std), labels[index]
+
+        def loss_fn(params):
+            logits, batch_stats = forward_train(params, state, x)
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, (logits, batch_stats)
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = masks.apply(optax.apply_updates(state.params, updates), state.mask)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+    def eval_variables(state: TrainState):
+        return _variables(masks.apply(state.params, state.mask), state.batch_stats)
+
+    def correct(state: TrainState, images, labels):
+        logits = model.apply(eval_variables(state), data.normalize(images, mean, std), train=False)
+        return jnp.sum(jnp.argmax(logits, -1) == labels)
+
+    def relu_counts(state: TrainState, images):
+        x = data.normalize(images, mean, std)
+        return stats.relu_counts(model, eval_variables(state), x, train=False)
+
+    return Steps(
+        train=jax.jit(train_step, donate_argnums=0),
+        correct=jax.jit(correct),
+        relu_counts=jax.jit(relu_counts),
+    )
+
+
+def accuracy(steps: Steps, state: TrainState, images: jax.Array, labels: jax.Array, batch_size: int) -> float:
+    """Top-1 accuracy over every example (BN in eval mode, no augmentation)."""
+    total = sum(int(steps.correct(state, x, y)) for x, y in data.batches(images, labels, batch_size))
+    return total / int(images.shape[0])
+
+
+def dead_neuron_rate(steps: Steps, state: TrainState, images: jax.Array, batch_size: int) -> dict[str, Any]:
+    """DNR over ``images`` (BN in eval mode, no augmentation), counts summed over batches."""
+    counts = None
+    for x, _ in data.batches(images, jnp.zeros(images.shape[0]), batch_size):
+        batch_counts = steps.relu_counts(state, x)
+        counts = batch_counts if counts is None else stats.add_counts(counts, batch_counts)
+    return stats.dead_neuron_rate(counts)
+
+
+def train_epoch(
+    steps: Steps, state: TrainState, dataset: data.Dataset, batch_size: int, key: jax.Array,
+    epoch: int, desc: str = "",
+) -> tuple[TrainState, dict[str, float]]:
+    """One pass over the training set in the order ``fold_in(key, epoch)``; mean loss/accuracy."""
+    order_key, aug_key = jax.random.split(jax.random.fold_in(key, epoch))
+    order = data.epoch_order(order_key, 0, int(dataset.x_train.shape[0]), batch_size)
+    losses, accs = [], []
+    for i in tqdm(range(order.shape[0]), desc=desc, leave=False, disable=None):
+        state, metrics = steps.train(state, dataset.x_train, dataset.y_train, order[i],
+                                     jax.random.fold_in(aug_key, i))
+        losses.append(metrics["loss"])
+        accs.append(metrics["accuracy"])
+    return state, {"train_loss": float(np.mean(jax.device_get(losses))),
+                   "train_accuracy": float(np.mean(jax.device_get(accs)))}
