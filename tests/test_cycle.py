@@ -1,0 +1,103 @@
+"""End to end: the compare_ap experiment on a tiny dataset written in the real tfds format."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from fake_tfds import write_fake_cifar
+
+from ap_jax import config, masks, methods, models, records
+from experiments import compare_ap
+
+TINY = ["--model", "mlp", "--cycles", "2", "--epochs", "1", "--batch-size", "40",
+        "--dnr-size", "60", "--eval-batch-size", "64", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tfds")
+    write_fake_cifar(data_dir, train_per_class=12, test_per_class=5)
+    return data_dir
+
+
+@pytest.fixture(scope="module")
+def finished_run(fake_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(out)]) == 0
+    (root,) = out.iterdir()
+    return root
+
+
+def test_two_cycle_run_writes_rows_report_and_plot(finished_run):
+    assert (finished_run / "report.md").read_text().count("\n| ") == 4  # header + 3 cycles
+    assert (finished_run / "report.png").stat().st_size > 10_000
+    total = sum(np.asarray(m).size for _, m in masks.prunable_leaves(
+        models.get("mlp").init(jax.random.key(0), np.zeros((1, 32, 32, 3)))["params"]))
+    arms = {}
+    for arm in ("lth", "lth_AP"):
+        run_dir = finished_run / arm / "seed_3"
+        rows = records.read_rows(run_dir / "metrics.jsonl")
+        assert [r["kind"] for r in rows] == ["epoch", "cycle"] * 3
+        cycles = records.cycle_rows(rows)
+        for c, row in enumerate(cycles):
+            assert row["cycle"] == c
+            assert abs(row["remaining"] * total - total * 0.8 ** c) <= c + 1
+            assert 0.0 <= row["dnr"] <= 1.0 and set(row["dnr_per_layer"]) == {"relu0", "relu1"}
+            assert 0.0 <= row["test_accuracy"] <= 1.0
+        arms[arm] = cycles
+        provenance = json.loads((run_dir / "provenance.json").read_text())
+        assert provenance["seed"] == 3 and provenance["device"]["device_count"] >= 1
+        assert json.loads((run_dir / "config.json").read_text())["ap_rate"] == (0.02 if arm == "lth_AP" else 0.0)
+    # Same seed: the dense cycle is the same network in both arms; the pruned cycles differ.
+    assert arms["lth"][0]["test_accuracy"] == arms["lth_AP"][0]["test_accuracy"]
+    assert arms["lth"][0]["dnr"] == arms["lth_AP"][0]["dnr"]
+    assert arms["lth"][2]["layer_remaining"] != arms["lth_AP"][2]["layer_remaining"]
+
+
+def test_rerun_reuses_finished_arms(fake_data, finished_run):
+    before = (finished_run / "lth" / "seed_3" / "metrics.jsonl").read_text()
+    assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(finished_run.parent)]) == 0
+    assert (finished_run / "lth" / "seed_3" / "metrics.jsonl").read_text() == before
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "experiments.compare_ap", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_missing_data_is_a_one_line_error(tmp_path):
+    result = run_cli(*TINY, "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()
+    assert "nowhere" in last[-1] and "dataset_info.json" in last[-1] and "--data-dir" in last[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--rate", "1.5"], "--rate must be in [0, 1)"),
+    (["--ap-rate", "0.3"], "must not exceed --rate"),
+    (["--model", "resnet21"], "invalid choice: 'resnet21'"),
+    (["--cycles", "0"], "--cycles must be at least 1"),
+    (["--epochs", "two"], "invalid int value: 'two'"),
+])
+def test_bad_flags_exit_2_with_the_reason(flags, message, tmp_path):
+    result = run_cli(*flags, "--out", str(tmp_path))
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_config_hash_is_canonical_and_changes_with_fields():
+    a, b = config.RunConfig(), config.RunConfig()
+    assert a.hash8() == b.hash8()
+    assert config.RunConfig(ap_rate=0.02).hash8() != a.hash8()
+
+
+def test_base_method_reset_rules():
+    init, trained = ("theta0", "bn0"), ("theta_T", "bn_T")
+    assert methods.next_start(methods.get("lth"), init, trained) == init
+    assert methods.next_start(methods.get("lrr"), init, trained) == trained
+    with pytest.raises(ValueError, match="known methods: lrr, lth"):
+        methods.get("snip")
