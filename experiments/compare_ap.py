@@ -20,7 +20,7 @@ from ap_jax import cycle, data, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 
 NAME = "compare_ap"
-DEFAULTS = RunConfig(model="mlp", ap_rate=0.02, cycles=10, epochs=4, lr=0.05)
+DEFAULTS = RunConfig(model="mlp", ap_rate=0.02, cycles=20, epochs=5, lr=0.02, augment=False)
 DATA_NOTE = (
     "Data: the offline CIFAR-10 copy rebuilt from JPEG files (quality 75), so accuracies run "
     "1-3 points under those on the original images."
