@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ap_jax import conv
 from ap_jax.stats import ReLU
 
 SHORTCUTS = ("A", "B")
@@ -51,6 +52,7 @@ def _conv(features: int, kernel: int, strides: int, name: str) -> nn.Conv:
         padding=(kernel - 1) // 2,  # symmetric, as PyTorch's padding=1 (not "SAME")
         use_bias=False,
         kernel_init=conv_init,
+        conv_general_dilated=conv.conv_general_dilated,  # fast backward pass on CPU (ap_jax.conv)
         name=name,
     )
 
