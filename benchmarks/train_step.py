@@ -1,0 +1,342 @@
+"""ResNet-20 training-step throughput on this machine, and the costs around the step.
+
+One run prints, each measured side by side (candidates interleaved repeat by repeat, so a busy
+machine slows them alike):
+
+* images/s of the ResNet-20 (option B) train step at batch 128 as the driver runs it
+  (``ap_jax.train.make_steps``: masks, on-device augmentation, ReLU counting), with the
+  ``ap_jax.conv`` CPU path and with plain ``lax`` convolutions (before/after); a plain Flax step
+  without masks or counting (same data path); and, when ``torch`` is importable (the ``[bench]``
+  extra), a PyTorch reference of the same network, batch and optimizer (SGD, momentum 0.9,
+  weight decay 1e-4; its batch is made once, no augmentation). Each as median, min and max over
+  the repeats, with ratios, achieved GFLOP/s (3x the forward conv/dense FLOPs per image) and
+  its share of a float32 GEMM ceiling timed in the same loop;
+* the overhead of masks and of ReLU counting over the plain step;
+* an epoch (``ap_jax.train.train_epoch``) against the sum of its blocked step times;
+* a global prune (``ap_jax.prune.prune``, 20 %) of the 25.6M weights of ResNet-50.
+
+``--write`` also writes the report to ``benchmarks/RESULTS.md`` with the machine and command.
+Run from the repository root: ``python -m benchmarks.train_step [--write]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import jax
+import jax.extend
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ap_jax import conv, data, masks, models, parallel, prune, train
+
+MEAN, STD = data.DATASETS["cifar10"].mean, data.DATASETS["cifar10"].std
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (or the platform string), and the core count."""
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name}, {os.cpu_count()} logical cores"
+
+
+def forward_flops(model, x: jax.Array) -> int:
+    """Multiply-add FLOPs (2 per MAC) of the convolutions and dots in one forward pass."""
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+    with conv.use("lax"):
+        jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x, train=False))(variables)
+    return _jaxpr_flops(jaxpr.jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> int:
+    total = 0
+    for eqn in jaxpr.eqns:
+        out = eqn.outvars[0].aval
+        if eqn.primitive.name == "conv_general_dilated":
+            rhs = eqn.invars[1].aval
+            total += 2 * int(np.prod(out.shape)) * int(np.prod(rhs.shape)) // out.shape[-1]
+        elif eqn.primitive.name == "dot_general":
+            (contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval
+            total += 2 * int(np.prod(out.shape)) * int(np.prod([lhs.shape[d] for d in contract]))
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            total += _jaxpr_flops(sub)
+    return total
+
+
+def interleaved(candidates: dict[str, Callable[[], object]], repeats: int, warmup: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each candidate, alternating between them on every repeat."""
+    for fn in candidates.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(repeats):
+        for name, fn in candidates.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: np.asarray(t) for name, t in times.items()}
+
+
+def _setup(batch: int, pool: int):
+    model = models.get("resnet20")
+    variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    cfg = train.OptimConfig()
+    tx = train.optimizer(cfg, train.lr_schedule(cfg, 10_000), variables["params"])
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.integers(0, 256, (pool, 32, 32, 3), dtype=np.uint8))
+    labels = jnp.asarray(rng.integers(0, 10, pool, dtype=np.int32))
+    return model, variables, tx, images, labels
+
+
+def _state(variables, tx) -> train.TrainState:
+    return train.fresh_state(variables["params"], variables["batch_stats"], masks.init(variables["params"]), tx)
+
+
+def driver_step(model, variables, tx, images, labels, batch: int, impl: str, count_relu: bool) -> Callable[[], object]:
+    """The driver's train step, compiled with convolution implementation ``impl``."""
+    with conv.use(impl):
+        steps = train.make_steps(model, tx, MEAN, STD, count_relu=count_relu)
+        mesh = parallel.resolve(steps.mesh)
+        holder = {"state": _state(variables, tx), "i": 0}
+        order = np.arange(images.shape[0], dtype=np.int32).reshape(-1, batch)
+
+        def run():
+            i = holder["i"] = (holder["i"] + 1) % order.shape[0]
+            index = parallel.shard_batch(order[i], mesh)
+            holder["state"], metrics = steps.train(holder["state"], images, labels, index, jax.random.PRNGKey(i))
+            return jax.block_until_ready(metrics)
+
+        run()  # compile while ``impl`` holds
+    return run
+
+
+def plain_step(model, variables, tx, images, labels, batch: int) -> Callable[[], object]:
+    """A textbook Flax step, no masks or counting, same gather/augment/normalise as the driver."""
+
+    def step(params, batch_stats, opt_state, index, key):
+        x = data.normalize(data.augment(key, images[index]), MEAN, STD)
+        y = labels[index]
+
+        def loss_fn(p):
+            logits, updates = model.apply({"params": p, "batch_stats": batch_stats}, x, train=True,
+                                          mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates["batch_stats"]
+
+        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+    with conv.use("auto"):
+        jitted = jax.jit(step, donate_argnums=(0, 1, 2))
+        params = jax.tree_util.tree_map(jnp.copy, variables["params"])
+        holder = {"s": (params, jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]), tx.init(params)), "i": 0}
+        order = jnp.arange(images.shape[0], dtype=jnp.int32).reshape(-1, batch)
+
+        def run():
+            i = holder["i"] = (holder["i"] + 1) % order.shape[0]
+            *s, loss = jitted(*holder["s"], order[i], jax.random.PRNGKey(i))
+            holder["s"] = tuple(s)
+            return jax.block_until_ready(loss)
+
+        run()
+    return run
+
+
+def torch_step(batch: int) -> Callable[[], object] | None:
+    """PyTorch ResNet-20 (option B) train step on a fixed batch, or None without torch."""
+    try:
+        import torch
+        from torch import nn
+        from torch.nn import functional as F
+    except ImportError:
+        return None
+
+    class Block(nn.Module):
+        def __init__(self, cin: int, cout: int, stride: int):
+            super().__init__()
+            self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
+            self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
+            self.short = nn.Sequential()
+            if stride != 1 or cin != cout:
+                self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+        def forward(self, x):
+            y = F.relu(self.b1(self.c1(x)))
+            return F.relu(self.b2(self.c2(y)) + self.short(x))
+
+    layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
+    for stage, cout in enumerate((16, 32, 64)):
+        for block in range(3):
+            layers.append(Block(cin, cout, 2 if stage and not block else 1))
+            cin = cout
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(batch, 3, 32, 32, generator=generator), torch.randint(0, 10, (batch,), generator=generator)
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(net(x), y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return run
+
+
+def gemm_step(size: int = 2048) -> tuple[Callable[[], object], int]:
+    """A float32 ``size x size`` matrix product: the machine's GEMM ceiling for XLA:CPU."""
+    a = jax.random.normal(jax.random.PRNGKey(0), (size, size))
+    matmul = jax.jit(lambda m: m @ m)
+    return (lambda: jax.block_until_ready(matmul(a))), 2 * size**3
+
+
+def epoch_vs_steps(model, variables, tx, images, labels, batch: int, rounds: int) -> tuple[float, float, float]:
+    """(epoch seconds, sum of blocked step seconds, ratio) medians over ``rounds``."""
+    steps = train.make_steps(model, tx, MEAN, STD, count_relu=True)
+    dataset = data.Dataset(images, labels, images[:batch], labels[:batch], 10, MEAN, STD, "synthetic")
+    mesh = parallel.resolve(steps.mesh)
+    images, labels = parallel.replicate((images, labels), mesh)  # as train_epoch places them
+    order = np.arange(images.shape[0], dtype=np.int32).reshape(-1, batch)
+    state = _state(variables, tx)
+    state, _ = train.train_epoch(steps, state, dataset, batch, jax.random.PRNGKey(0), 0)  # compile
+    state, metrics = steps.train(state, images, labels, parallel.shard_batch(order[0], mesh), jax.random.PRNGKey(0))
+    jax.block_until_ready(metrics)
+    rows = []
+    for r in range(rounds):
+        start = time.perf_counter()
+        state, _ = train.train_epoch(steps, state, dataset, batch, jax.random.PRNGKey(0), r + 1)
+        epoch = time.perf_counter() - start
+        total = 0.0
+        for i in range(order.shape[0]):
+            start = time.perf_counter()
+            state, metrics = steps.train(state, images, labels, parallel.shard_batch(order[i], mesh), jax.random.PRNGKey(i))
+            jax.block_until_ready(metrics)
+            total += time.perf_counter() - start
+        rows.append((epoch, total, epoch / total))
+    return tuple(float(np.median([row[k] for row in rows])) for k in range(3))
+
+
+def prune_time(repeats: int) -> tuple[int, float]:
+    """(prunable weights, median seconds) of a jitted 20 % global prune of ResNet-50's kernels."""
+    model = models.get("resnet50", num_classes=1000)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))["params"]
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    scores = jax.tree_util.tree_unflatten(treedef, [jnp.abs(jax.random.normal(k, s.shape)) for k, s in zip(keys, leaves)])
+    mask = masks.init(scores)
+    weights = int(masks.alive_count(mask))
+    pruned = jax.jit(lambda m, s: prune.prune(m, s, 0.2))
+    jax.block_until_ready(pruned(mask, scores))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(pruned(mask, scores))
+        times.append(time.perf_counter() - start)
+    return weights, float(np.median(times))
+
+
+def _row(name: str, seconds: np.ndarray, batch: int, flops: int, ceiling: float, ref: float | None) -> str:
+    rate = batch / seconds
+    gflops = flops / np.median(seconds) / 1e9
+    ratio = f"{np.median(rate) / ref:5.2f}x" if ref else "   - "
+    return (f"| {name:<28} | {np.median(rate):7.1f} | {rate.min():7.1f} | {rate.max():7.1f} | {ratio} "
+            f"| {gflops:6.1f} | {gflops / ceiling:5.1%} |")
+
+
+def report(args: argparse.Namespace) -> str:
+    """Run every measurement and return the report as markdown."""
+    batch = args.batch
+    model, variables, tx, images, labels = _setup(batch, batch * args.steps_per_epoch)
+    step_flops = 3 * forward_flops(model, jnp.zeros((batch, 32, 32, 3)))
+    gemm, gemm_flops = gemm_step()
+    candidates = {
+        "driver, ap_jax.conv (after)": driver_step(model, variables, tx, images, labels, batch, "auto", True),
+        "driver, lax conv (before)": driver_step(model, variables, tx, images, labels, batch, "lax", True),
+        "driver, no ReLU counting": driver_step(model, variables, tx, images, labels, batch, "auto", False),
+        "plain Flax, no masks": plain_step(model, variables, tx, images, labels, batch),
+    }
+    torch_run = None if args.no_torch else torch_step(batch)
+    if torch_run is not None:
+        candidates["PyTorch (same net, batch, SGD)"] = torch_run
+    candidates["GEMM 2048^3 f32"] = gemm
+    times = interleaved(candidates, args.repeats, warmup=2)
+    ceiling = gemm_flops / np.median(times.pop("GEMM 2048^3 f32")) / 1e9
+    ref = batch / np.median(times["PyTorch (same net, batch, SGD)"]) if torch_run is not None else None
+    lines = [
+        f"ResNet-20 (option B), batch {batch}, {args.repeats} interleaved repeats; "
+        f"{step_flops / 1e9:.1f} GFLOP per step (3x forward); GEMM ceiling {ceiling:.0f} GFLOP/s.",
+        "",
+        "| step | img/s median | min | max | vs PyTorch | GFLOP/s | of GEMM |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [_row(name, t, batch, step_flops, ceiling, ref) for name, t in times.items()]
+    med = {name: float(np.median(t)) for name, t in times.items()}
+    plain = med["plain Flax, no masks"]
+    driver = med["driver, ap_jax.conv (after)"]
+    nocount = med["driver, no ReLU counting"]
+    lines += [
+        "",
+        f"- ap_jax.conv speed-up over lax convolutions (driver step): "
+        f"{med['driver, lax conv (before)'] / driver:.2f}x",
+        f"- masks + ReLU counting over the plain step: {driver / plain - 1:+.1%} "
+        f"(masks {nocount / plain - 1:+.1%}, counting {driver / nocount - 1:+.1%}); target <= +3 %",
+    ]
+    epoch, total, ratio = epoch_vs_steps(model, variables, tx, images, labels, batch, args.epoch_rounds)
+    lines.append(f"- epoch of {args.steps_per_epoch} steps: {epoch:.2f} s vs sum of blocked steps {total:.2f} s: "
+                 f"{ratio:.3f}x (target <= 1.02x)")
+    if not args.no_prune:
+        weights, seconds = prune_time(args.prune_repeats)
+        lines.append(f"- global prune (20 %) of {weights / 1e6:.1f}M ResNet-50 weights, jitted: "
+                     f"{seconds:.2f} s median of {args.prune_repeats} (target <= 0.2 s)")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    versions = f"jax {jax.__version__}, backend {jax.default_backend()}, conv path {conv.active_impl()}"
+    try:
+        import torch
+
+        versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
+    except ImportError:
+        pass
+    return f"{cpu_model()}; {versions}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved timed repeats per candidate")
+    parser.add_argument("--steps-per-epoch", type=int, default=20)
+    parser.add_argument("--epoch-rounds", type=int, default=3)
+    parser.add_argument("--prune-repeats", type=int, default=3)
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--no-prune", action="store_true", help="skip the 25M-weight prune")
+    parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
+    args = parser.parse_args(argv)
+    body = report(args)
+    command = "python -m benchmarks.train_step " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    text = f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{body}\n"
+    print(text)
+    if args.write:
+        RESULTS.write_text("## Performance (written by `benchmarks/train_step.py --write`)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
