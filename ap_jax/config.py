@@ -92,6 +92,20 @@ def check(cfg: RunConfig) -> None:
             raise ValueError(message)
 
 
+def from_dict(values: dict[str, Any]) -> RunConfig:
+    """The ``RunConfig`` a ``config.json`` describes; ``ValueError`` naming unknown or bad fields."""
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    if unknown := sorted(set(values) - known):
+        raise ValueError(f"unknown config fields {unknown} (written by another version of ap_jax?)")
+    return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def differences(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
+    """``"--field stored vs given"`` for every field where a stored config and ``cfg`` differ."""
+    given = cfg.to_dict()
+    return [f"{_flag(k)} {stored.get(k)!r} vs {given[k]!r}" for k in sorted(given) if stored.get(k) != given[k]]
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -11,10 +11,20 @@ cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR over
 site, and wall seconds. The DNR is measured after every epoch with BatchNorm in eval mode on the
 first ``dnr_size`` training examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
+
+Runs survive being killed at any moment (see ``ap_jax.checkpoint`` for what is saved when):
+rerunning resumes from the newest committed checkpoint and ends bitwise where an uninterrupted
+run would, because everything random is a ``fold_in`` of the seed's key (cycle, epoch, step),
+so no data-loader state is needed. A row reaches ``metrics.jsonl`` only after the checkpoint
+covering it is committed, so rows are never lost or duplicated. A NaN or inf training loss
+stops the run (``NonFiniteLoss``, naming cycle, epoch and step) with the last good checkpoint
+kept, unless ``RunOptions.skip_nonfinite`` skips such batches (counted in ``skipped_steps``).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -24,11 +34,30 @@ import jax
 import jax.numpy as jnp
 from tqdm.auto import tqdm
 
-from ap_jax import ap, masks, methods, models, records, train
+from ap_jax import ap, checkpoint, config, masks, methods, models, parallel, records, train
 from ap_jax.config import RunConfig
 from ap_jax.data import Dataset
 
 PyTree = Any
+Row = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How a run is carried out, not what it computes, so none of it is in the config hash."""
+
+    checkpoint_every: int = 1  # epochs between train-state checkpoints (a cycle's last always)
+    keep_checkpoints: int = 2  # newest train-state checkpoints kept (theta_0 and cycles: all)
+    skip_nonfinite: bool = False  # skip batches with a NaN/inf loss instead of stopping
+    devices: int | None = None  # devices of the ('data',) mesh, the first N (None: every device)
+
+
+class RunDirError(ValueError):
+    """A run directory that belongs to another config or lost rows; the message is one line."""
+
+
+class NonFiniteLoss(RuntimeError):
+    """A NaN or inf training loss; the message names cycle, epoch and step."""
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
@@ -57,51 +86,162 @@ def is_complete(rows: list[dict[str, Any]], cfg: RunConfig) -> bool:
     return [r["cycle"] for r in records.cycle_rows(rows)] == list(range(cfg.cycles + 1))
 
 
-def run(cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str = "") -> list[dict[str, Any]]:
+
+def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Raise ``RunDirError`` if ``run_dir`` holds a run of a config other than ``cfg``."""
+    path = run_dir / "config.json"
+    if not path.exists():
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RunDirError(f"{path} is not valid JSON ({err}); delete {run_dir} to start that run again") from None
+    if diffs := config.differences(stored, cfg):
+        raise RunDirError(f"{run_dir} holds a run of another config ({'; '.join(diffs)}, stored vs "
+                          "given); pass the flags it was run with, or another --out")
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None) -> None:
+    """config.json, and provenance.json (on a resume, the new start is added under ``resumed``)."""
+    records.write_json(run_dir / "config.json", cfg.to_dict())
+    mesh = parallel.describe(parallel.make_mesh(devices))
+    path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh)
+    if path.exists():
+        first = json.loads(path.read_text())
+        first.setdefault("resumed", []).append({k: now[k] for k in ("command", "git_commit", "started")})
+        now = first
+    records.write_json(path, now)
+
+
+def _variables(state: train.TrainState) -> PyTree:
+    """Copies of a state's params and BatchNorm statistics (the train step donates the state)."""
+    return jax.tree_util.tree_map(jnp.copy, {"params": state.params, "batch_stats": state.batch_stats})
+
+
+class _Run:
+    """One run's fixed parts (config, compiled steps, checkpoints) and its written rows."""
+
+    def __init__(self, cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str, options: RunOptions):
+        self.cfg, self.options, self.label = cfg, options, label
+        self.mesh = parallel.make_mesh(options.devices)
+        arrays = {k: getattr(dataset, k) for k in ("x_train", "y_train", "x_test", "y_test")}
+        self.dataset = dataclasses.replace(dataset, **parallel.replicate(arrays, self.mesh))  # once, not per epoch
+        self.metrics_path = run_dir / "metrics.jsonl"
+        self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints)
+        model = build_model(cfg, dataset.num_classes)
+        init_key, self.key = jax.random.split(jax.random.key(cfg.seed))
+        sample = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
+        variables = model.init(init_key, sample, train=False)
+        self.theta0 = self.store.init_variables(
+            {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
+        self.steps_per_epoch = int(dataset.x_train.shape[0]) // cfg.batch_size
+        optim = cfg.optim()
+        self.tx = train.optimizer(optim, train.lr_schedule(optim, cfg.epochs * self.steps_per_epoch),
+                                  self.theta0["params"])
+        self.steps = train.make_steps(model, self.tx, dataset.mean, dataset.std, augment=cfg.augment,
+                                      skip_nonfinite=options.skip_nonfinite, mesh=self.mesh)
+        self.method = methods.get(cfg.method)
+        self.rows: list[Row] = []
+        self.started = time.perf_counter()
+
+    def fresh(self, start: PyTree, mask: PyTree) -> tuple[train.TrainState, PyTree]:
+        """A cycle's first state and a copy of its start variables (AP's W_0)."""
+        state = train.fresh_state(start["params"], start["batch_stats"], mask, self.tx)
+        return state, _variables(state)
+
+    def resume(self, rows: list[Row]) -> tuple[int, int, train.TrainState, PyTree]:
+        """``(cycle, epoch, state, cycle_start)`` to go on from; metrics.jsonl made to match."""
+        state, start = self.fresh(self.theta0, masks.init(self.theta0["params"]))
+        position = self.store.restore_latest(state, start, self.key)
+        if position is None:
+            cycle, epoch, rows = 0, 0, []
+        else:
+            if len(rows) < position.rows_before:
+                raise RunDirError(
+                    f"{self.metrics_path} has {len(rows)} rows but checkpoint {position.epochs_done} "
+                    f"follows {position.rows_before}: rows were removed; delete "
+                    f"{self.metrics_path.parent} to start that run again")
+            rows = rows[: position.rows_before] + position.rows
+            cycle, done = divmod(position.epochs_done - 1, self.cfg.epochs)
+            epoch, state, start, self.key = done + 1, position.state, position.cycle_start, position.key
+            self.started -= rows[-1]["wall_s"]
+        on_disk = self.metrics_path.read_text() if self.metrics_path.exists() else ""
+        if on_disk != records.to_text(rows):  # a cut-short last line, or rows past the checkpoint
+            records.write_rows(self.metrics_path, rows)
+        self.rows = rows
+        return cycle, epoch, state, start
+
+    def train_epoch(self, state: train.TrainState, cycle: int, epoch: int, remaining: float):
+        """Train one epoch and measure it: the new state and its ``kind="epoch"`` row."""
+        state, fit = train.train_epoch(self.steps, state, self.dataset, self.cfg.batch_size,
+                                       jax.random.fold_in(self.key, cycle), epoch,
+                                       desc=f"cycle {cycle} epoch {epoch}")
+        bad = fit.pop("nonfinite_steps")
+        if bad and not self.options.skip_nonfinite:
+            raise NonFiniteLoss(
+                f"non-finite training loss at cycle {cycle}, epoch {epoch}, step "
+                f"{epoch * self.steps_per_epoch + bad[0]} of the cycle (batch {bad[0]} of the epoch); "
+                "the last good checkpoint is kept: lower --lr, or pass --skip-nonfinite to skip such batches")
+        return state, {"kind": "epoch", "cycle": cycle, "epoch": epoch, "step": int(state.step),
+                       "remaining": remaining, **fit, "skipped_steps": len(bad),
+                       **evaluate(self.steps, state, self.dataset, self.cfg),
+                       "wall_s": time.perf_counter() - self.started}
+
+    def commit(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree, pending: list[Row]) -> None:
+        """Checkpoint after ``epoch`` of ``cycle``, then (and only then) append its rows."""
+        self.store.save_state(checkpoint.Position(
+            cycle * self.cfg.epochs + epoch + 1, state, start, self.key, len(self.rows), pending))
+        records.append_rows(self.metrics_path, pending)
+        self.rows.extend(pending)
+
+    def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree) -> train.TrainState:
+        """Epochs ``epoch..`` of ``cycle``, checkpointed every ``checkpoint_every`` and at the end."""
+        remaining, pending = float(masks.remaining(state.mask)), []
+        for epoch in range(epoch, self.cfg.epochs):
+            state, row = self.train_epoch(state, cycle, epoch, remaining)
+            pending.append(row)
+            last = epoch == self.cfg.epochs - 1
+            if last:
+                pending.append({**row, "kind": "cycle", "layer_remaining": {
+                    k: 1.0 - float(v) for k, v in masks.layer_sparsity(state.mask).items()}})
+            if last or (epoch + 1) % self.options.checkpoint_every == 0:
+                self.commit(cycle, epoch, state, start, pending)
+                pending = []
+        return state
+
+    def run(self, rows: list[Row]) -> list[Row]:
+        """Every cycle from where ``rows`` and the checkpoints leave off; returns all rows."""
+        cycle, epoch, state, start = self.resume(rows)
+        for cycle in tqdm(range(cycle, self.cfg.cycles + 1), desc=self.label or "cycles", disable=None):
+            state = self.train_cycle(cycle, epoch, state, start)
+            self.store.save_cycle(cycle, state.mask, start, _variables(state))
+            if cycle < self.cfg.cycles:
+                mask = prune_step(self.cfg, state.mask, state.params, start["params"])
+                trained = (state.params, state.batch_stats)
+                params, stats = methods.next_start(
+                    self.method, (self.theta0["params"], self.theta0["batch_stats"]), trained)
+                state, start = self.fresh({"params": params, "batch_stats": stats}, mask)
+                epoch = 0
+        return self.rows
+
+
+def run(cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str = "",
+        options: RunOptions = RunOptions()) -> list[Row]:
     """Run every cycle of ``cfg`` into ``run_dir`` and return its rows.
 
     A run directory whose ``metrics.jsonl`` is already complete for this config is reused as it
-    is; an incomplete one is started again from the beginning.
+    is; an incomplete one resumes from its newest readable checkpoint. A directory of another
+    config is a ``RunDirError``; a hand-broken ``metrics.jsonl`` a ``records.RecordsError``.
     """
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    rows = records.read_rows(metrics_path)
+    jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
+    check_run_dir(run_dir, cfg)
+    rows = records.read_rows(run_dir / "metrics.jsonl")
     if is_complete(rows, cfg):
         return rows
-    metrics_path.unlink(missing_ok=True)
-    records.write_json(run_dir / "config.json", cfg.to_dict())
-    records.write_json(run_dir / "provenance.json", records.provenance(cfg.seed, label=label))
-
-    model = build_model(cfg, dataset.num_classes)
-    init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
-    sample = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
-    variables = model.init(init_key, sample, train=False)
-    theta0, stats0 = variables["params"], variables.get("batch_stats", {})
-    steps_per_cycle = cfg.epochs * (int(dataset.x_train.shape[0]) // cfg.batch_size)
-    optim = cfg.optim()
-    tx = train.optimizer(optim, train.lr_schedule(optim, steps_per_cycle), theta0)
-    steps = train.make_steps(model, tx, dataset.mean, dataset.std, augment=cfg.augment)
-    method = methods.get(cfg.method)
-
-    rows, mask, start, started = [], masks.init(theta0), (theta0, stats0), time.perf_counter()
-    for cycle in tqdm(range(cfg.cycles + 1), desc=label or "cycles", disable=None):
-        state = train.fresh_state(*start, mask, tx)
-        cycle_start = jax.tree_util.tree_map(jnp.copy, state.params)
-        remaining = float(masks.remaining(mask))
-        for epoch in range(cfg.epochs):
-            state, fit = train.train_epoch(steps, state, dataset, cfg.batch_size,
-                                           jax.random.fold_in(train_key, cycle), epoch,
-                                           desc=f"cycle {cycle} epoch {epoch}")
-            row = {"kind": "epoch", "cycle": cycle, "epoch": epoch, "step": int(state.step),
-                   "remaining": remaining, **fit, **evaluate(steps, state, dataset, cfg),
-                   "wall_s": time.perf_counter() - started}
-            records.append_row(metrics_path, row)
-            rows.append(row)
-        cycle_row = {**row, "kind": "cycle", "layer_remaining": {
-            k: 1.0 - float(v) for k, v in masks.layer_sparsity(mask).items()}}
-        records.append_row(metrics_path, cycle_row)
-        rows.append(cycle_row)
-        if cycle < cfg.cycles:
-            mask = prune_step(cfg, mask, state.params, cycle_start)
-            start = methods.next_start(method, (theta0, stats0), (state.params, state.batch_stats))
-    return rows
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_run_files(run_dir, cfg, label, options.devices)
+    driver = _Run(cfg, dataset, run_dir, label, options)
+    try:
+        return driver.run(rows)
+    finally:
+        driver.store.close()

@@ -1,8 +1,12 @@
 """Run records: ``config.json``, ``provenance.json`` and an append-only ``metrics.jsonl``.
 
 Each row is one JSON object on one line, flushed and fsynced when written, so a crash loses at
-most the row being written. Provenance says what produced the numbers: command, git commit,
-seed, library versions, device and wall time.
+most the row being written: a last line cut short by a crash (no newline, not JSON) is dropped
+on reading and rewritten by the resumed run. Any other line that is not a JSON row (a hand edit
+gone wrong) is a ``RecordsError`` naming the file and line, and nothing is rewritten. Provenance
+says what produced the numbers: command, git commit, seed, library versions, device and time.
+On several hosts only process 0 writes records (every writer here is a no-op elsewhere), while
+checkpoints are saved from every process as orbax expects.
 """
 
 from __future__ import annotations
@@ -18,7 +22,14 @@ from typing import Any, Iterable
 
 import jax
 
+from ap_jax.parallel import is_main_process
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+ROW_KINDS = ("epoch", "cycle")
+
+
+class RecordsError(ValueError):
+    """A ``metrics.jsonl`` that is not a sequence of rows; the message is one line."""
 
 
 def git_commit() -> str:
@@ -69,25 +80,73 @@ def provenance(seed: int, **extra: Any) -> dict[str, Any]:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON atomically (temp file, then rename)."""
+    """Write ``obj`` as indented JSON atomically (temp file, then rename); process 0 only."""
+    if not is_main_process():
+        return
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
 
 
-def append_row(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line and fsync it."""
+def to_text(rows: Iterable[dict[str, Any]]) -> str:
+    """The exact ``metrics.jsonl`` text of ``rows``: one sorted-key JSON object per line."""
+    return "".join(json.dumps(row, sort_keys=True) + "\n" for row in rows)
+
+
+def append_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append one JSON line per row and fsync them; process 0 only."""
+    if not is_main_process():
+        return
     with open(path, "a") as f:
-        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.write(to_text(rows))
         f.flush()
         os.fsync(f.fileno())
 
 
+def write_rows(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Replace ``path`` by exactly ``rows``, atomically (fsynced temp file, then rename); process 0 only."""
+    if not is_main_process():
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(to_text(rows))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _parse(path: Path, number: int, line: str) -> dict[str, Any]:
+    fix = "restore it from a copy or delete its run directory to start that run again"
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise RecordsError(f"{path} line {number} is not valid JSON ({err.msg}); {fix}") from None
+    if not (isinstance(row, dict) and row.get("kind") in ROW_KINDS and isinstance(row.get("cycle"), int)):
+        raise RecordsError(f"{path} line {number} is not a metrics row (needs kind in {ROW_KINDS} "
+                           f"and an integer cycle); {fix}")
+    return row
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Every row of a ``metrics.jsonl`` (empty if the file does not exist)."""
+    """Every row of a ``metrics.jsonl`` (empty if it does not exist), minus a cut-short last line.
+
+    A last line without its newline that is not JSON is what a crash mid-write leaves; it is
+    skipped here (the caller rewrites the file). Any other bad line raises ``RecordsError``.
+    """
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text()
+    except UnicodeDecodeError as err:
+        raise RecordsError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start}); restore it "
+                           "from a copy or delete its run directory to start that run again") from None
+    lines = text.split("\n")
+    if lines[-1]:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines = lines[:-1]
+    return [_parse(path, i + 1, line) for i, line in enumerate(lines) if line.strip()]
 
 
 def cycle_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:

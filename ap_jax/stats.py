@@ -8,16 +8,26 @@ several batches or several devices add up exactly; totals are formed once on the
 
 Sowing only happens when the ``relu_stats`` collection is mutable, so a training step that does
 not ask for it pays nothing.
+
+Across devices the counts are a data-parallel reduction: each device counts zeros and outputs
+on its shard of the batch and the partial counts are summed with ``jax.lax.psum``
+(:func:`psum_counts`). :func:`sharded_relu_counts` does this in ``jax.shard_map`` over a
+``('data',)`` mesh (what current JAX builds ``pmap`` on); :func:`pmap_relu_counts` is the same
+reduction written with ``jax.pmap`` for code that still uses it. Both equal :func:`relu_counts`
+on the whole batch exactly, for models whose outputs do not mix examples (BatchNorm in eval
+mode): in train mode a device would normalise with its shard's moments.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+import functools
+from typing import Any, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec as P
 
 COLLECTION = "relu_stats"
 
@@ -59,6 +69,80 @@ def relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Array, **
 def add_counts(a, b):
     """Sum two count pytrees of the same structure (batches or devices)."""
     return jax.tree_util.tree_map(jnp.add, a, b)
+
+
+def pack_counts(counts: Any) -> jax.Array:
+    """Every count of a count pytree in one int32 vector (leaves in tree order, each flattened).
+
+    A jitted step that returns one array instead of two per ReLU site saves an output buffer per
+    leaf, which on a GPU costs more than counting itself. :func:`unpack_counts` inverts it.
+    """
+    return jnp.concatenate([jnp.ravel(leaf).astype(jnp.int32) for leaf in jax.tree_util.tree_leaves(counts)])
+
+
+def unpack_counts(packed: Any, like: Any) -> Any:
+    """The count pytree of a :func:`pack_counts` vector, as host int32 arrays.
+
+    ``like`` has the counts' structure and shapes: any count pytree of the same model, or
+    ``jax.eval_shape`` of :func:`relu_counts`.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(like)
+    sizes = [int(np.prod(leaf.shape)) for leaf in leaves]
+    packed = np.asarray(jax.device_get(packed))
+    if packed.shape != (sum(sizes),):
+        raise ValueError(f"packed counts of shape {packed.shape} do not match a layout of {sum(sizes)} counts")
+    parts = np.split(packed, np.cumsum(sizes)[:-1])
+    return treedef.unflatten([part.reshape(leaf.shape) for part, leaf in zip(parts, leaves)])
+
+
+def psum_counts(counts: Any, axis_name: str = "data") -> Any:
+    """Sum per-device partial counts over ``axis_name``; call inside ``shard_map`` or ``pmap``."""
+    return jax.lax.psum(counts, axis_name)
+
+
+def _check_split(batch: int, devices: int) -> None:
+    if batch % devices:
+        raise ValueError(f"a batch of {batch} does not split over {devices} devices: pass a multiple of {devices}")
+
+
+def sharded_relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Array, mesh: Mesh,
+                        axis_name: str = "data", **apply_kwargs) -> dict[str, Any]:
+    """:func:`relu_counts` of ``x`` split over ``mesh``'s ``axis_name``, psum'd in ``jax.shard_map``.
+
+    ``variables`` are replicated; each device counts its ``x.shape[0] / n`` examples in int32 and
+    the partial counts are summed across devices, so every device ends with the whole batch's
+    counts. Jittable; ``x.shape[0]`` must divide by the axis size.
+    """
+    _check_split(x.shape[0], mesh.shape[axis_name])
+
+    def local(v, shard):
+        return psum_counts(relu_counts(model, v, shard, **apply_kwargs), axis_name)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(), P(axis_name)), out_specs=P())(variables, x)
+
+
+@functools.lru_cache(maxsize=16)
+def _pmapped(model: nn.Module, axis_name: str, devices: tuple | None, kwargs: tuple):
+    def local(v, shard):
+        return psum_counts(relu_counts(model, v, shard, **dict(kwargs)), axis_name)
+
+    return jax.pmap(local, axis_name=axis_name, in_axes=(None, 0), devices=devices)
+
+
+def pmap_relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Array, axis_name: str = "data",
+                     devices: Sequence[jax.Device] | None = None, **apply_kwargs) -> dict[str, Any]:
+    """The same reduction as :func:`sharded_relu_counts`, written with ``jax.pmap``.
+
+    ``x`` is split into equal leading chunks, one per local device (or per entry of
+    ``devices``); the psum'd counts come back once, not once per device. Apply keywords must be
+    hashable (the pmapped function is cached per model and keywords).
+    """
+    n = len(devices) if devices is not None else jax.local_device_count()
+    _check_split(x.shape[0], n)
+    counted = _pmapped(model, axis_name, None if devices is None else tuple(devices),
+                       tuple(sorted(apply_kwargs.items())))
+    out = counted(variables, jnp.reshape(x, (n, x.shape[0] // n, *x.shape[1:])))
+    return jax.tree_util.tree_map(lambda a: a[0], out)
 
 
 def _sites(counts: Mapping[str, Any], prefix: str = ""):

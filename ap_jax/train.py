@@ -5,6 +5,11 @@ applied twice: in the forward pass, so a pruned weight's gradient is exactly 0, 
 update, so momentum and weight decay can never revive it. Every reset builds a fresh optimizer
 state. Batches are gathered, augmented and normalised inside the compiled step from the uint8
 dataset that sits on the device (airbench style), so the host never stalls the step.
+
+Every step is compiled once for a 1-D ``('data',)`` device mesh (``ap_jax.parallel``), the same
+code for 1 and N devices: state and data replicated, the per-step index vector sharded, so the
+batch is split over devices and BatchNorm sees global-batch moments. Eval batches are gathered
+the same way; ReLU counts are per-device partial counts summed with ``psum`` in ``shard_map``.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
-from ap_jax import data, masks, stats
+from ap_jax import data, masks, parallel, stats
 
 PyTree = Any
 
@@ -87,23 +93,47 @@ def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
 
 @dataclasses.dataclass(frozen=True)
 class Steps:
-    """The compiled steps of one (model, optimizer, dataset) combination."""
+    """The compiled steps of one (model, optimizer, dataset) combination, and their mesh.
+
+    ``train(state, images, labels, index, key)``, ``correct(state, images, labels, index)`` and
+    ``relu_counts(state, images, index)`` gather the batch ``images[index]`` on the device.
+    ``mesh`` None stands for a mesh over every device.
+    """
 
     train: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     correct: Callable[..., jax.Array]
     relu_counts: Callable[..., PyTree]
+    mesh: Mesh | None = None
 
 
-def make_steps(model: nn.Module, tx: optax.GradientTransformation, mean, std, augment: bool = True) -> Steps:
-    """Build the jitted train step, the eval step (correct count) and the ReLU-count step."""
+def make_steps(
+    model: nn.Module, tx: optax.GradientTransformation, mean, std, augment: bool = True,
+    skip_nonfinite: bool = False, mesh: Mesh | None = None, count_relu: bool = False,
+) -> Steps:
+    """Build the jitted train step, the eval step (correct count) and the ReLU-count step.
+
+    With ``skip_nonfinite`` a step whose loss is NaN or inf leaves params, BatchNorm statistics
+    and optimizer state as they were (the step counter still advances, so the LR schedule stays
+    aligned with the data); without it the update is applied and the caller decides what to do.
+    ``mesh`` (default: every device) is the ``('data',)`` mesh the steps run on; the state comes
+    back replicated on it. With ``count_relu`` the train step's metrics also hold
+    ``"relu_counts"``: the ReLU counts of its (augmented, train-mode) batch, packed into one
+    int32 vector by ``stats.pack_counts`` (``stats.unpack_counts`` restores the pytree).
+    """
+    mesh = parallel.resolve(mesh)
+    rep, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
+    collections = ["batch_stats", stats.COLLECTION] if count_relu else ["batch_stats"]
+
+    def gather(images, index):
+        return jax.lax.with_sharding_constraint(images[index], split)
 
     def forward_train(params, state: TrainState, x):
         variables = _variables(masks.apply(params, state.mask), state.batch_stats)
-        logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        return logits, updates.get("batch_stats", state.batch_stats)
+        logits, updates = model.apply(variables, x, train=True, mutable=collections)
+        return logits, (updates.get("batch_stats", state.batch_stats), updates.get(stats.COLLECTION))
 
     def train_step(state: TrainState, images, labels, index, key):
-        x_uint8 = images[index]
+        x_uint8 = gather(images, index)
         if augment:
             x_uint8 = data.augment(key, x_uint8)
         x, y = data.normalize(x_uint8, mean, std), labels[index]
@@ -113,41 +143,55 @@ def make_steps(model: nn.Module, tx: optax.GradientTransformation, mean, std, au
             loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
             return loss, (logits, batch_stats)
 
-        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        (loss, (logits, (batch_stats, counts))), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = masks.apply(optax.apply_updates(state.params, updates), state.mask)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
-        return new, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        if skip_nonfinite:
+            keep = state.replace(step=state.step + 1)
+            new = jax.tree_util.tree_map(lambda n, k: jnp.where(jnp.isfinite(loss), n, k), new, keep)
+        metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+        return new, {**metrics, "relu_counts": stats.pack_counts(counts)} if count_relu else metrics
 
     def eval_variables(state: TrainState):
         return _variables(masks.apply(state.params, state.mask), state.batch_stats)
 
-    def correct(state: TrainState, images, labels):
-        logits = model.apply(eval_variables(state), data.normalize(images, mean, std), train=False)
-        return jnp.sum(jnp.argmax(logits, -1) == labels)
+    def correct(state: TrainState, images, labels, index):
+        x = data.normalize(gather(images, index), mean, std)
+        logits = model.apply(eval_variables(state), x, train=False)
+        return jnp.sum(jnp.argmax(logits, -1) == labels[index])
 
-    def relu_counts(state: TrainState, images):
-        x = data.normalize(images, mean, std)
-        return stats.relu_counts(model, eval_variables(state), x, train=False)
+    def relu_counts(state: TrainState, images, index):
+        x = data.normalize(gather(images, index), mean, std)
+        return stats.sharded_relu_counts(model, eval_variables(state), x, mesh, train=False)
 
     return Steps(
-        train=jax.jit(train_step, donate_argnums=0),
-        correct=jax.jit(correct),
-        relu_counts=jax.jit(relu_counts),
+        train=jax.jit(train_step, donate_argnums=0, in_shardings=(rep, rep, rep, split, rep),
+                      out_shardings=rep),
+        correct=jax.jit(correct, in_shardings=(rep, rep, rep, split), out_shardings=rep),
+        relu_counts=jax.jit(relu_counts, in_shardings=(rep, rep, split), out_shardings=rep),
+        mesh=mesh,
     )
 
 
 def accuracy(steps: Steps, state: TrainState, images: jax.Array, labels: jax.Array, batch_size: int) -> float:
     """Top-1 accuracy over every example (BN in eval mode, no augmentation)."""
-    total = sum(int(steps.correct(state, x, y)) for x, y in data.batches(images, labels, batch_size))
+    mesh = parallel.resolve(steps.mesh)
+    images, labels = parallel.replicate((images, labels), mesh)
+    total = 0
+    for index, multiplicity in parallel.eval_batches(int(images.shape[0]), batch_size, mesh):
+        total += int(steps.correct(state, images, labels, parallel.shard_batch(index, mesh))) // multiplicity
     return total / int(images.shape[0])
 
 
 def dead_neuron_rate(steps: Steps, state: TrainState, images: jax.Array, batch_size: int) -> dict[str, Any]:
     """DNR over ``images`` (BN in eval mode, no augmentation), counts summed over batches."""
-    counts = None
-    for x, _ in data.batches(images, jnp.zeros(images.shape[0]), batch_size):
-        batch_counts = steps.relu_counts(state, x)
+    mesh = parallel.resolve(steps.mesh)
+    images, counts = parallel.replicate(images, mesh), None
+    for index, multiplicity in parallel.eval_batches(int(images.shape[0]), batch_size, mesh):
+        batch_counts = steps.relu_counts(state, images, parallel.shard_batch(index, mesh))
+        if multiplicity > 1:
+            batch_counts = jax.tree_util.tree_map(lambda c: c // multiplicity, batch_counts)
         counts = batch_counts if counts is None else stats.add_counts(counts, batch_counts)
     return stats.dead_neuron_rate(counts)
 
@@ -156,14 +200,25 @@ def train_epoch(
     steps: Steps, state: TrainState, dataset: data.Dataset, batch_size: int, key: jax.Array,
     epoch: int, desc: str = "",
 ) -> tuple[TrainState, dict[str, float]]:
-    """One pass over the training set in the order ``fold_in(key, epoch)``; mean loss/accuracy."""
+    """One pass over the training set in the order ``fold_in(key, epoch)``.
+
+    Returns the mean loss and accuracy over the steps whose loss was finite, and
+    ``nonfinite_steps``: the indices (within the epoch) of the steps whose loss was NaN or inf,
+    checked once per epoch so the loop never waits on the device.
+    """
+    mesh = parallel.resolve(steps.mesh)
+    parallel.check_batch_size(batch_size, mesh)
+    images, labels = parallel.replicate((dataset.x_train, dataset.y_train), mesh)
     order_key, aug_key = jax.random.split(jax.random.fold_in(key, epoch))
-    order = data.epoch_order(order_key, 0, int(dataset.x_train.shape[0]), batch_size)
+    order = np.asarray(data.epoch_order(order_key, 0, int(images.shape[0]), batch_size))
     losses, accs = [], []
     for i in tqdm(range(order.shape[0]), desc=desc, leave=False, disable=None):
-        state, metrics = steps.train(state, dataset.x_train, dataset.y_train, order[i],
+        state, metrics = steps.train(state, images, labels, parallel.shard_batch(order[i], mesh),
                                      jax.random.fold_in(aug_key, i))
         losses.append(metrics["loss"])
         accs.append(metrics["accuracy"])
-    return state, {"train_loss": float(np.mean(jax.device_get(losses))),
-                   "train_accuracy": float(np.mean(jax.device_get(accs)))}
+    losses, accs = np.asarray(jax.device_get(losses)), np.asarray(jax.device_get(accs))
+    finite = np.isfinite(losses)
+    fit = {"train_loss": float(np.mean(losses[finite])) if finite.any() else float("nan"),
+           "train_accuracy": float(np.mean(accs[finite])) if finite.any() else float("nan")}
+    return state, {**fit, "nonfinite_steps": np.flatnonzero(~finite).tolist()}

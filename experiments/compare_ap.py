@@ -5,18 +5,23 @@
 Both arms share every setting and the seed (so cycle 0, the dense run, is the same network);
 they differ only in AP's share ``--ap-rate`` of each cycle's budget ``--rate``. The run
 directories, ``report.md`` and ``report.png`` go to ``<out>/compare_ap-<hash8>/``; rerunning the
-same command reuses arms that already finished.
+same command reuses arms that already finished and resumes an unfinished one from its last
+checkpoint; ``--resume DIR`` resumes the study in DIR with the config stored there.
+
+Every bad input is one line on stderr and exit status 2, checked before anything is written;
+Ctrl-C stops cleanly (exit 130) and the same command resumes. See the README.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import os
 import sys
-import time
 from pathlib import Path
 
-from ap_jax import cycle, data, plots, records
+from ap_jax import checkpoint, config, cycle, data, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 
 NAME = "compare_ap"
@@ -27,7 +32,15 @@ DATA_NOTE = (
 )
 
 
-def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: paths, run options (not in the config hash) and one flag per config field."""
     parser = argparse.ArgumentParser(
         prog=f"python -m experiments.{NAME}", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -35,8 +48,42 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argpa
     parser.add_argument("--data-dir", default=None,
                         help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
     parser.add_argument("--out", default="runs", help="output root (default: runs)")
+    parser.add_argument("--resume", metavar="DIR", default=None,
+                        help="resume the study in DIR (a compare_ap-<hash8> directory) with its "
+                             "stored config; flags given must agree with it")
+    parser.add_argument("--checkpoint-every", type=_positive, default=1, metavar="N",
+                        help="epochs between train-state checkpoints (default: 1)")
+    parser.add_argument("--keep-checkpoints", type=_positive, default=2, metavar="K",
+                        help="newest train-state checkpoints kept per run (default: 2)")
+    parser.add_argument("--skip-nonfinite", action="store_true",
+                        help="skip batches whose loss is NaN or inf instead of stopping")
     add_config_args(parser, DEFAULTS)
-    return parser, parser.parse_args(argv)
+    parallel.add_args(parser)
+    return parser
+
+
+def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace, RunConfig]:
+    """Parsed flags and the config; with ``--resume DIR`` unset fields come from DIR/config.json.
+
+    Flags given with ``--resume`` that differ from the stored config are an error naming them.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.resume is None:
+        return parser, args, config_from_args(parser, args)
+    path = Path(args.resume) / "config.json"
+    try:
+        stored = json.loads(path.read_text())
+        resumed = config.from_dict(stored)
+    except (OSError, ValueError) as err:
+        parser.error(f"--resume {args.resume}: cannot read a compare_ap config from {path} "
+                     f"({checkpoint.one_line(err, 160)}); pass the compare_ap-<hash8> directory")
+    args = parser.parse_args(argv, namespace=argparse.Namespace(**dataclasses.asdict(resumed)))
+    cfg = config_from_args(parser, args)
+    if diffs := config.differences(stored, cfg):
+        parser.error(f"--resume {args.resume} holds another config ({'; '.join(diffs)}, stored vs "
+                     "given); drop those flags, or start a new run without --resume")
+    return parser, args, cfg
 
 
 def arm_configs(cfg: RunConfig) -> dict[str, RunConfig]:
@@ -44,12 +91,17 @@ def arm_configs(cfg: RunConfig) -> dict[str, RunConfig]:
     return {cfg.method: dataclasses.replace(cfg, ap_rate=0.0), f"{cfg.method}+AP": cfg}
 
 
-def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path, wall_s: float) -> str:
-    """Write ``report.md`` and ``report.png`` in ``root`` and return the Markdown."""
+def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
+    """Write ``report.md`` and ``report.png`` in ``root`` (process 0 only) and return the Markdown.
+
+    Command, commit and device come from the arms' ``provenance.json`` and the wall time is the
+    arms' training time from their rows, so a report rewritten later still describes the runs.
+    """
     cycle_rows = {label: records.cycle_rows(rows) for label, rows in arms.items()}
     title = f"{cfg.model} on {cfg.dataset}: {cfg.method} vs {cfg.method}+AP"
-    plots.comparison_figure(cycle_rows, root / "report.png", title=title)
-    prov = records.provenance(cfg.seed)
+    first_arm = root / next(iter(arms)).replace("+", "_") / f"seed_{cfg.seed}"
+    prov = json.loads((first_arm / "provenance.json").read_text())
+    wall_s = sum(rows[-1]["wall_s"] for rows in arms.values())
     size = cfg.train_size or "all"
     text = "\n".join([
         f"# {title}",
@@ -68,35 +120,87 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path, wall_s: floa
         f"- git commit: `{prov['git_commit']}`",
         f"- device: {prov['device']['backend']} ({prov['device']['device_kind']}, "
         f"{prov['device']['device_count']} device(s)), host CPU {prov['device']['cpu']}",
-        f"- wall time: {wall_s:.0f} s",
+        f"- training wall time, both arms: {wall_s:.0f} s",
         f"- config hash: `{cfg.hash8()}`; every row in `*/seed_{cfg.seed}/metrics.jsonl`",
         "",
     ])
-    (root / "report.md").write_text(text)
+    if parallel.is_main_process():
+        plots.comparison_figure(cycle_rows, root / "report.png", title=title)
+        (root / "report.md").write_text(text)
     return text
 
 
+def check_out(out: Path) -> None:
+    """Raise ``OSError`` unless ``out`` is, or can be created as, a writable directory.
+
+    Checked before the data is loaded, and without writing anything.
+    """
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{existing} is not writable")
+
+
+def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
+    """Why ``cfg.batch_size`` cannot be used with ``num_train`` examples on ``devices``, or None."""
+    if cfg.batch_size > num_train:
+        return f"--batch-size {cfg.batch_size} exceeds the {num_train} training examples; pass at most {num_train}"
+    if cfg.batch_size % devices:
+        return (f"--batch-size {cfg.batch_size} is not a multiple of the {devices} devices; pass a "
+                f"multiple of {devices}")
+    return None
+
+
+def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: data.Dataset) -> dict[str, list[dict]]:
+    """Both arms into ``root/<arm>/seed_<s>/`` (finished arms reused, unfinished ones resumed)."""
+    options = cycle.RunOptions(checkpoint_every=args.checkpoint_every,
+                               keep_checkpoints=args.keep_checkpoints, skip_nonfinite=args.skip_nonfinite,
+                               devices=args.devices)
+    return {
+        label: cycle.run(arm, dataset, root / label.replace("+", "_") / f"seed_{cfg.seed}", label, options)
+        for label, arm in arm_configs(cfg).items()
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser, args = parse(argv)
-    cfg = config_from_args(parser, args)
+    """Parse, check every input, run both arms and write the report; 2 on any bad input."""
+    parser, args, cfg = parse(argv)
     if cfg.ap_rate == 0:
         parser.error("--ap-rate must be positive: it is the X+AP arm's share (the X arm uses 0)")
-    root = Path(args.out) / f"{NAME}-{cfg.hash8()}"
+    root = Path(args.resume) if args.resume else Path(args.out) / f"{NAME}-{cfg.hash8()}"
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        devices = parallel.devices_from_args(args)  # before anything touches a device (multi-host init)
+    except ValueError as err:
+        parser.error(str(err))
+    try:
+        check_out(root)
         dataset = data.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
     except data.DataError as err:
         parser.error(str(err))
     except OSError as err:
-        parser.error(f"cannot write to --out {args.out}: {err.strerror}")
-    if cfg.batch_size > dataset.x_train.shape[0]:
-        parser.error(f"--batch-size {cfg.batch_size} exceeds the {dataset.x_train.shape[0]} training examples")
-    started = time.perf_counter()
-    arms = {
-        label: cycle.run(arm, dataset, root / label.replace("+", "_") / f"seed_{cfg.seed}", label=label)
-        for label, arm in arm_configs(cfg).items()
-    }
-    print(report(cfg, arms, root, time.perf_counter() - started))
+        parser.error(f"cannot write to {root}: {err}; pass a writable --out")
+    if problem := check_batch(cfg, int(dataset.x_train.shape[0]), devices):
+        parser.error(problem)
+    try:
+        cycle.check_run_dir(root, cfg)
+        root.mkdir(parents=True, exist_ok=True)
+        records.write_json(root / "config.json", cfg.to_dict())
+        arms = run_arms(cfg, args, root, dataset)
+        print(report(cfg, arms, root))
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    except (cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError, checkpoint.CheckpointError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{parser.prog}: error: cannot write {err.filename or root}: {err.strerror or err}; free "
+              "space or pass another --out, then rerun the same command to resume", file=sys.stderr)
+        return 2
     print(f"written: {root / 'report.md'} and {root / 'report.png'}")
     return 0
 
