@@ -7,20 +7,12 @@ import sys
 import jax
 import numpy as np
 import pytest
-from fake_tfds import write_fake_cifar
 
 from ap_jax import config, masks, methods, models, records
 from experiments import compare_ap
 
 TINY = ["--model", "mlp", "--cycles", "2", "--epochs", "1", "--batch-size", "40",
         "--dnr-size", "60", "--eval-batch-size", "64", "--seed", "3"]
-
-
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    write_fake_cifar(data_dir, train_per_class=12, test_per_class=5)
-    return data_dir
 
 
 @pytest.fixture(scope="module")

@@ -12,20 +12,12 @@ import shutil
 import jax
 import orbax.checkpoint as ocp
 import pytest
-from fake_tfds import write_fake_cifar
 
 from ap_jax import records
 from experiments import compare_ap
 
 TINY = ["--model", "mlp", "--cycles", "1", "--epochs", "1", "--batch-size", "40",
         "--dnr-size", "60", "--eval-batch-size", "64", "--seed", "3"]
-
-
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    write_fake_cifar(data_dir, train_per_class=12, test_per_class=5)
-    return data_dir
 
 
 @pytest.fixture(scope="module")

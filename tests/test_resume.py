@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fake_tfds import write_fake_cifar
 
 import jax
 from ap_jax import checkpoint, config, cycle, data, records
@@ -32,13 +31,6 @@ CHAIN = [
     ("commit", 1, "lth checkpoint after cycle 0 epoch 1 written, not yet renamed into place"),
     ("prune", 2, "lth_AP cycle 0 trained and recorded, its AP prune not yet run"),
 ]
-
-
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("tfds")
-    write_fake_cifar(data_dir, train_per_class=12, test_per_class=5)
-    return data_dir
 
 
 def run_main(data_dir, out, *extra):
