@@ -25,6 +25,7 @@ import jax
 from ap_jax.parallel import is_main_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CODE_PATHS = ("ap_jax", "experiments", "pyproject.toml")  # "+dirty" means these differ from HEAD
 ROW_KINDS = ("epoch", "cycle")
 
 
@@ -33,13 +34,17 @@ class RecordsError(ValueError):
 
 
 def git_commit() -> str:
-    """``HEAD``'s hash (with ``+dirty`` for uncommitted changes), or ``"unknown"`` outside git."""
+    """``HEAD``'s hash, ``+dirty`` if the code differs from it, or ``"unknown"`` outside git.
+
+    Only ``CODE_PATHS`` count, so regenerating committed results does not mark a run dirty.
+    """
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
                                   check=True, timeout=10).stdout.strip()
         commit = git("rev-parse", "HEAD")
-        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", *CODE_PATHS)
+        return commit + ("+dirty" if changed else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
