@@ -11,12 +11,25 @@ Differences from the official code (``resnet_20.py``), by design: AP prunes exac
 ``round(ap_rate * N)`` weights (the code's ``<= sort(s)[k]`` takes k+1 and crashes when fewer
 than k+1 negatives are alive); the pool holds each prunable weight once (the code duplicates BN
 scales and fc weights); BN scales are not prunable by default.
+
+Ablation and substitution variants (paper §4; ``ap_prune(..., variant=...)``, ``--ap-variant``).
+Each is one score function in ``AP_VARIANTS``: its candidate weights get a finite score (lowest
+pruned first), every other weight +inf and is never taken by AP. The paper's wording -> name:
+
+- full AP: alive negative weights by smallest ``|W_T - W_0|`` -> ``"ap"`` (the default);
+- "negative weights ranked by magnitude" -> ``"negative_magnitude"`` (smallest ``|W_T|``); this
+  is also the substitution "``|W_T|`` instead of ``|W_T - W_0|``", so it has no second name;
+- "negative weights ranked at random" -> ``"negative_random"`` (needs a PRNG ``key``);
+- "``|ΔW|`` over all signs" (no sign rule) -> ``"change_all_signs"``;
+- "positive instead of negative weights" -> ``"positive_change"`` (``w > 0``, by ``|W_T - W_0|``).
+
+The AP share q is ``ap_rate``; the cycle AP starts at is ``RunConfig.ap_start_cycle``.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +47,58 @@ def ap_scores(params: PyTree, params_ref: PyTree) -> PyTree:
     )
 
 
+def _only(candidate: Callable[[jax.Array], jax.Array], ranking: PyTree, params: PyTree) -> PyTree:
+    """``ranking`` where ``candidate(w)`` holds, +inf elsewhere."""
+    return jax.tree_util.tree_map(lambda w, r: jnp.where(candidate(w), r, jnp.inf), params, ranking)
+
+
+def _negative(w: jax.Array) -> jax.Array:
+    return w < 0
+
+
+def _positive(w: jax.Array) -> jax.Array:
+    return w > 0
+
+
+def _need_key(key: jax.Array | None) -> jax.Array:
+    if key is None:
+        raise ValueError("AP variant 'negative_random' needs a PRNG key (key=...)")
+    return key
+
+
+class ApVariant(NamedTuple):
+    """One AP variant: its score function ``(params, params_ref, key) -> scores`` and the
+    candidate weights it draws from (named in the short-supply warning)."""
+
+    score: Callable[[PyTree, PyTree, jax.Array | None], PyTree]
+    pool: str
+
+
+AP_VARIANTS: dict[str, ApVariant] = {
+    "ap": ApVariant(lambda p, r, key: ap_scores(p, r), "negative"),
+    "negative_magnitude": ApVariant(lambda p, r, key: _only(_negative, scores.magnitude(p), p), "negative"),
+    "negative_random": ApVariant(
+        lambda p, r, key: _only(_negative, scores.random(_need_key(key), p), p), "negative"),
+    "change_all_signs": ApVariant(lambda p, r, key: scores.weight_change(p, r), "prunable"),
+    "positive_change": ApVariant(lambda p, r, key: _only(_positive, scores.weight_change(p, r), p), "positive"),
+}
+
+
+def check_variant(variant: str) -> None:
+    """Raise ``ValueError`` unless ``variant`` names an entry of ``AP_VARIANTS``."""
+    if variant not in AP_VARIANTS:
+        raise ValueError(f"AP variant must be one of {tuple(AP_VARIANTS)}, got {variant!r}")
+
+
+def variant_scores(variant: str, params: PyTree, params_ref: PyTree, key: jax.Array | None = None) -> PyTree:
+    """The AP scores of ``variant`` (see the module doc): low is pruned first, +inf never by AP.
+
+    ``key`` is used by ``"negative_random"`` only (uniform draws, ``scores.random``).
+    """
+    check_variant(variant)
+    return AP_VARIANTS[variant].score(params, params_ref, key)
+
+
 def _check_rates(rate: Any, ap_rate: Any) -> None:
     prune.check_fraction(rate, "rate")
     prune.check_fraction(ap_rate, "ap_rate")
@@ -41,13 +106,13 @@ def _check_rates(rate: Any, ap_rate: Any) -> None:
         raise ValueError(f"ap_rate ({float(ap_rate)}) must not exceed rate ({float(rate)})")
 
 
-def _warn_if_short(before: PyTree, after: PyTree, requested: Any, scope: str) -> None:
-    """Eagerly warn when AP found fewer alive negative weights than its budget."""
+def _warn_if_short(before: PyTree, after: PyTree, requested: Any, scope: str, pool: str) -> None:
+    """Eagerly warn when AP found fewer alive candidate (``pool``) weights than its budget."""
     taken = np.asarray(prune.alive_counts(before, scope)) - np.asarray(prune.alive_counts(after, scope))
     wanted = np.asarray(requested)
     if np.any(taken < wanted):
         warnings.warn(
-            f"AP budget {wanted.sum()} weights but only {taken.sum()} alive negative weights were "
+            f"AP budget {wanted.sum()} weights but only {taken.sum()} alive {pool} weights were "
             "available; pruned those",
             stacklevel=3,
         )
@@ -61,6 +126,8 @@ def ap_prune(
     ap_rate: Any = 0.02,
     base_scores: PyTree | None = None,
     scope: str = "global",
+    variant: str = "ap",
+    key: jax.Array | None = None,
 ) -> PyTree:
     """One X-then-AP pruning step (Algorithm 2 with Algorithm 1 as the AP metric).
 
@@ -69,8 +136,12 @@ def ap_prune(
     ``round(ap_rate * N)`` more among the still-alive negative weights with the smallest
     ``|params - params_ref|``. With fewer alive negatives than that, all of them go and a warning
     is emitted (eager calls only). ``rate`` and ``ap_rate`` may be traced scalars.
+
+    ``variant`` (static under ``jit``) swaps AP's score for an ablation or substitution from
+    ``AP_VARIANTS``; ``key`` is the PRNG key ``"negative_random"`` needs.
     """
     _check_rates(rate, ap_rate)
+    check_variant(variant)
     masks.check_match(params, mask)
     masks.check_match(params_ref, mask)
     if base_scores is None:
@@ -84,8 +155,8 @@ def ap_prune(
         ap_count = [prune.budget(a, ap_rate) for a in alive]
     after_base = prune.prune_count(mask, base_scores, base_count, scope)
     after_ap = prune.prune_count(
-        after_base, ap_scores(params, params_ref), ap_count, scope, spare_inf=True
+        after_base, variant_scores(variant, params, params_ref, key), ap_count, scope, spare_inf=True
     )
     if all(prune.is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(after_ap)):
-        _warn_if_short(after_base, after_ap, ap_count, scope)
+        _warn_if_short(after_base, after_ap, ap_count, scope, AP_VARIANTS[variant].pool)
     return after_ap

@@ -4,6 +4,10 @@ Every field that changes a result lives in ``RunConfig`` and so in its hash (as 
 runs are named by a hash of their hyper-parameters). Paths and display options do not. The CLI
 is generated from the fields (``--field-name``, help from the field metadata), so a new field is
 a new flag with no second list to keep in sync; a bad value is an argparse error (exit 2).
+
+A field added after results were published is marked ``added=True``: while it holds its default
+it is left out of the hashed string (OpenLTH's rule), so every older config keeps its hash, and a
+``config.json`` written before it existed reads as holding the default.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from ap_jax import methods, models
+from ap_jax import ap, methods, models
 from ap_jax.data import DATASETS
 from ap_jax.prune import SCOPES
 
@@ -34,6 +38,10 @@ class RunConfig:
     method: str = _field("lth", "base pruning method X", choices=tuple(methods.METHODS))
     rate: float = _field(0.2, "share p of the alive prunable weights removed per cycle, in [0, 1)")
     ap_rate: float = _field(0.0, "share q of p taken by AP per cycle (0: X alone; paper: 0.02)")
+    ap_variant: str = _field("ap", "AP score: the paper's, or an ablation/substitution (see ap_jax.ap)",
+                             choices=tuple(ap.AP_VARIANTS), added=True)
+    ap_start_cycle: int = _field(0, "first cycle whose prune uses AP; before it X takes the whole rate",
+                                 added=True)
     scope: str = _field("global", "pruning scope", choices=SCOPES)
     cycles: int = _field(5, "pruning cycles after the dense run (remaining share 0.8^c)")
     epochs: int = _field(10, "training epochs per cycle")
@@ -58,8 +66,13 @@ class RunConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
     def hash8(self) -> str:
-        """First 8 hex digits of the sha256 of the canonical (sorted-key) JSON of the config."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """First 8 hex digits of the sha256 of the canonical (sorted-key) JSON of the config.
+
+        Fields marked ``added`` are left out while at their default (see the module doc).
+        """
+        added = _added_defaults()
+        hashed = {k: v for k, v in self.to_dict().items() if k not in added or v != added[k]}
+        canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
     def optim(self):
@@ -76,6 +89,10 @@ def check(cfg: RunConfig) -> None:
         (0.0 <= cfg.rate < 1.0, f"--rate must be in [0, 1), got {cfg.rate}"),
         (0.0 <= cfg.ap_rate < 1.0, f"--ap-rate must be in [0, 1), got {cfg.ap_rate}"),
         (cfg.ap_rate <= cfg.rate, f"--ap-rate ({cfg.ap_rate}) must not exceed --rate ({cfg.rate})"),
+        (cfg.ap_variant in ap.AP_VARIANTS,
+         f"--ap-variant must be one of {', '.join(ap.AP_VARIANTS)}, got {cfg.ap_variant!r}"),
+        (0 <= cfg.ap_start_cycle < max(cfg.cycles, 1),
+         f"--ap-start-cycle must be in [0, --cycles), got {cfg.ap_start_cycle} with --cycles {cfg.cycles}"),
         (cfg.cycles >= 1, f"--cycles must be at least 1, got {cfg.cycles}"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
@@ -101,9 +118,17 @@ def from_dict(values: dict[str, Any]) -> RunConfig:
 
 
 def differences(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
-    """``"--field stored vs given"`` for every field where a stored config and ``cfg`` differ."""
-    given = cfg.to_dict()
+    """``"--field stored vs given"`` for every field where a stored config and ``cfg`` differ.
+
+    An ``added`` field missing from ``stored`` (an older ``config.json``) counts as its default.
+    """
+    given, stored = cfg.to_dict(), {**_added_defaults(), **stored}
     return [f"{_flag(k)} {stored.get(k)!r} vs {given[k]!r}" for k in sorted(given) if stored.get(k) != given[k]]
+
+
+def _added_defaults() -> dict[str, Any]:
+    """Default of every field marked ``added`` (left out of the hash while at its default)."""
+    return {f.name: f.default for f in dataclasses.fields(RunConfig) if f.metadata.get("added")}
 
 
 def _flag(name: str) -> str:

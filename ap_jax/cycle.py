@@ -40,6 +40,7 @@ from ap_jax.data import Dataset
 
 PyTree = Any
 Row = dict[str, Any]
+PRUNE_STREAM = 1  # fold_in tag of the seed's key for pruning draws (the random AP variant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +67,16 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return models.get(cfg.model, num_classes=num_classes, **options)
 
 
-def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree) -> PyTree:
-    """One cycle's prune: X (global magnitude) for ``rate - ap_rate``, then AP for ``ap_rate``."""
-    return ap.ap_prune(mask, trained, cycle_start, rate=cfg.rate, ap_rate=cfg.ap_rate, scope=cfg.scope)
+def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> PyTree:
+    """The prune after training cycle ``cycle``: X (magnitude) for ``rate - ap_rate``, then AP
+    (``cfg.ap_variant``) for ``ap_rate``; before ``cfg.ap_start_cycle`` X takes the whole rate.
+
+    The random variant's key is a ``fold_in`` of the seed's key and ``cycle``, so resumes are exact.
+    """
+    ap_rate = cfg.ap_rate if cycle >= cfg.ap_start_cycle else 0.0
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), PRUNE_STREAM), cycle)
+    return ap.ap_prune(mask, trained, cycle_start, rate=cfg.rate, ap_rate=ap_rate, scope=cfg.scope,
+                       variant=cfg.ap_variant, key=key)
 
 
 def evaluate(steps: train.Steps, state: train.TrainState, dataset: Dataset, cfg: RunConfig) -> dict[str, Any]:
@@ -216,7 +224,7 @@ class _Run:
             state = self.train_cycle(cycle, epoch, state, start)
             self.store.save_cycle(cycle, state.mask, start, _variables(state))
             if cycle < self.cfg.cycles:
-                mask = prune_step(self.cfg, state.mask, state.params, start["params"])
+                mask = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
                 trained = (state.params, state.batch_stats)
                 params, stats = methods.next_start(
                     self.method, (self.theta0["params"], self.theta0["batch_stats"]), trained)

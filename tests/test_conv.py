@@ -1,7 +1,8 @@
 """ap_jax.conv: gradients of the CPU convolution path against ``jax.grad`` of ``lax`` convolution.
 
 Tolerance: float32, ``rtol=1e-4, atol=1e-4`` on values and gradients of O(1..10) magnitude (the
-fast path sums in a different order: chunks of examples, phase kernels).
+fast path sums in a different order: chunks of examples, phase kernels), with matmul precision
+"highest" so that accelerators compare true float32 too.
 """
 
 from __future__ import annotations
@@ -15,6 +16,13 @@ from jax import lax
 from ap_jax import conv, models
 
 TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(autouse=True)
+def full_float32_precision():
+    """Both paths in true float32: on GPUs the default precision rounds convolutions to TF32."""
+    with jax.default_matmul_precision("highest"):
+        yield
 
 # (batch, size, in channels, out channels, kernel, stride, padding)
 CASES = [

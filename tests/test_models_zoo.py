@@ -29,12 +29,16 @@ def _shapes(name: str, size: int, num_classes: int = 10):
 
 def _filled_variables(name: str, size: int) -> dict:
     """params and batch_stats of ``name`` filled from numpy (He-scaled kernels, unit scales and
-    variances, zero elsewhere): a real forward pass without compiling ``init`` (slow on CPU)."""
+    variances, small random biases, zero means): a real forward pass without compiling ``init``
+    (slow on CPU). Biases are not zero because a BN -> 1x1 conv -> BN chain with zero offsets
+    gives the second BN a batch mean of exactly 0, so its running mean could not move."""
     rng = np.random.default_rng(0)
 
     def fill(path, leaf):
         if leaf.ndim >= 2:
             return jnp.asarray(rng.normal(0.0, np.sqrt(2.0 / np.prod(leaf.shape[:-1])), leaf.shape), leaf.dtype)
+        if path[-1].key == "bias":
+            return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
         return jnp.full(leaf.shape, 1.0 if path[-1].key in ("scale", "var") else 0.0, leaf.dtype)
 
     shapes = _shapes(name, size)
