@@ -68,7 +68,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
 
 def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     """Raise a one-line ``ValueError`` unless ``batch_size`` divides over the mesh's devices."""
-    n = mesh.size
+    check_split(batch_size, mesh.size)
+
+
+def check_split(batch_size: int, n: int) -> None:
+    """Raise a one-line ``ValueError`` unless ``batch_size`` divides over ``n`` devices."""
     if batch_size % n:
         lower = batch_size - batch_size % n
         options = f"{lower} or {lower + n}" if lower else f"{n}"

@@ -29,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from ap_jax.parallel import check_split
+
 COLLECTION = "relu_stats"
 
 
@@ -100,11 +102,6 @@ def psum_counts(counts: Any, axis_name: str = "data") -> Any:
     return jax.lax.psum(counts, axis_name)
 
 
-def _check_split(batch: int, devices: int) -> None:
-    if batch % devices:
-        raise ValueError(f"a batch of {batch} does not split over {devices} devices: pass a multiple of {devices}")
-
-
 def sharded_relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Array, mesh: Mesh,
                         axis_name: str = "data", **apply_kwargs) -> dict[str, Any]:
     """:func:`relu_counts` of ``x`` split over ``mesh``'s ``axis_name``, psum'd in ``jax.shard_map``.
@@ -113,7 +110,7 @@ def sharded_relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.A
     the partial counts are summed across devices, so every device ends with the whole batch's
     counts. Jittable; ``x.shape[0]`` must divide by the axis size.
     """
-    _check_split(x.shape[0], mesh.shape[axis_name])
+    check_split(x.shape[0], mesh.shape[axis_name])
 
     def local(v, shard):
         return psum_counts(relu_counts(model, v, shard, **apply_kwargs), axis_name)
@@ -138,7 +135,7 @@ def pmap_relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Arra
     hashable (the pmapped function is cached per model and keywords).
     """
     n = len(devices) if devices is not None else jax.local_device_count()
-    _check_split(x.shape[0], n)
+    check_split(x.shape[0], n)
     counted = _pmapped(model, axis_name, None if devices is None else tuple(devices),
                        tuple(sorted(apply_kwargs.items())))
     out = counted(variables, jnp.reshape(x, (n, x.shape[0] // n, *x.shape[1:])))

@@ -120,7 +120,7 @@ def test_shard_map_and_pmap_counts_equal_one_device_and_numpy():
         assert_same(scenario.flat("", counts), scenario.flat("", whole))
         assert counts["relu0"]["zeros"].dtype == jnp.int32
     assert stats.dead_neuron_rate(sharded) == stats.dead_neuron_rate(whole)
-    with pytest.raises(ValueError, match="a batch of 12 does not split over 8 devices"):
+    with pytest.raises(ValueError, match="batch size 12 does not split over 8 devices"):
         stats.sharded_relu_counts(model, variables, jnp.asarray(x[:12]), mesh, train=False)
 
 
