@@ -1,4 +1,5 @@
-"""Figures and tables from run records: accuracy and DNR against remaining weights, X vs X+AP."""
+"""Figures and tables from run records: accuracy and DNR against remaining weights, X vs X+AP,
+seed means with confidence bands, DNR over epochs, and per-layer DNR heatmaps."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import matplotlib
+import numpy as np
+from scipy import stats as scipy_stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -57,3 +60,90 @@ def comparison_table(arms: Mapping[str, Rows]) -> str:
                       f"{100 * (b['dnr'] - a['dnr']):+.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _log_remaining_axis(ax: plt.Axes, remaining_pct: Sequence[float]) -> None:
+    """Remaining weights on a log axis, sparser to the right, ticks at every other level."""
+    ax.set_xscale("log")
+    ax.set_xticks(sorted(remaining_pct, reverse=True)[::2])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.invert_xaxis()
+    ax.set_xlabel("remaining prunable weights (%)")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _t_half_width(values: np.ndarray) -> np.ndarray:
+    """95 % Student-t half-width over axis 0 (0 with a single seed)."""
+    n = values.shape[0]
+    if n < 2:
+        return np.zeros(values.shape[1:])
+    return scipy_stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
+
+
+def mean_ci_figure(arms: Mapping[str, Mapping[str, np.ndarray]], path: Path, title: str = "") -> None:
+    """Accuracy and DNR against remaining weights per arm: seed mean and a 95 % CI band.
+
+    ``arms[name]`` holds ``remaining`` (cycles,), and ``acc`` and ``dnr`` (seeds, cycles).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for ax, key, ylabel in zip(axes, ("acc", "dnr"), ("test accuracy (%)", "dead neuron rate (%)")):
+        for name, curve in arms.items():
+            x, values = 100 * curve["remaining"], 100 * curve[key]
+            mean, hw = values.mean(axis=0), _t_half_width(values)
+            ax.plot(x, mean, marker="o", markersize=3, label=f"{name} (n={values.shape[0]})")
+            ax.fill_between(x, mean - hw, mean + hw, alpha=0.25)
+        _log_remaining_axis(ax, list(100 * next(iter(arms.values()))["remaining"]))
+        ax.set_ylabel(ylabel)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def epoch_dnr_figure(arms: Mapping[str, np.ndarray], epochs_per_cycle: int, path: Path, title: str = "") -> None:
+    """DNR after every epoch, cycles one after another, seed mean per arm; ``arms[name]`` is
+    (seeds, cycles * epochs). Dotted lines mark the prunes between cycles."""
+    fig, ax = plt.subplots(figsize=(10, 3.5), constrained_layout=True)
+    for name, values in arms.items():
+        epochs = np.arange(1, values.shape[1] + 1)
+        ax.plot(epochs, 100 * values.mean(axis=0), label=name, linewidth=1)
+    total = next(iter(arms.values())).shape[1]
+    for boundary in range(epochs_per_cycle, total, epochs_per_cycle):
+        ax.axvline(boundary + 0.5, color="grey", linestyle=":", linewidth=0.6)
+    ax.set_xlabel(f"epoch (cycles of {epochs_per_cycle} epochs, a prune at each dotted line)")
+    ax.set_ylabel("dead neuron rate (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def layer_heatmaps(arms: Mapping[str, tuple[Sequence[str], np.ndarray]], remaining: np.ndarray,
+                   path: Path, title: str = "") -> None:
+    """Per-site DNR (rows: ReLU sites, columns: cycles) for each arm, and the last minus the first."""
+    names = list(arms)
+    panels = [(name, *arms[name]) for name in names]
+    if len(names) == 2:
+        sites, first = arms[names[0]]
+        panels.append((f"{names[1]} - {names[0]}", sites, arms[names[1]][1] - first))
+    sites = panels[0][1]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3.5 * len(panels), 1.5 + 0.25 * len(sites)),
+                             constrained_layout=True, squeeze=False)
+    for ax, (name, sites, values) in zip(axes[0], panels):
+        diff = " - " in name
+        limit = np.abs(values).max() * 100 if diff else 100
+        image = ax.imshow(100 * values, aspect="auto", cmap="coolwarm" if diff else "viridis",
+                          vmin=-limit if diff else 0, vmax=limit)
+        ax.set_title(name)
+        ax.set_yticks(range(len(sites)), sites if ax is axes[0][0] else [""] * len(sites), fontsize=7)
+        ax.set_xticks(range(len(remaining)), [f"{100 * r:.0f}" for r in remaining], fontsize=7, rotation=90)
+        ax.set_xlabel("remaining weights (%)")
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    if title:
+        fig.suptitle(title)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,192 @@
+"""The reproduction study: the paper's six headline claims measured over seeds, as resumable runs.
+
+    python -m experiments.reproduce --help
+
+The grid is (part x arm x seed). A part is a network at a CPU-sized scale: ``mlp`` (no
+BatchNorm, the full training set) and ``resnet20`` (BatchNorm, a class-balanced 10k subset).
+An arm is one ``RunConfig`` variation of its part's base: X alone (``lth``), X+AP at q = 2 of
+p = 20 points (``lth+AP``), the AP share q at 1 and 4 points, the ablation and substitution
+variants of ``ap_jax.ap``, and, where ``ap_jax`` has them, the official code's semantics. Every
+run lives in ``<out>/runs/<part>/<arm>/seed_<s>/`` (``ap_jax.cycle`` run directories): a finished
+run is reused, an interrupted one resumes from its last checkpoint, so running the same command
+again continues the study where it stopped. ``--report`` (``ap_jax.report``) then reads the run
+directories and writes ``REPRODUCTION.md`` with means, 95 % confidence intervals and verdicts.
+
+Runs go part by part in the order given, and within a part seed by seed (every arm of seed 0,
+then of seed 1, ...), so a study stopped early still has complete, paired seeds to report.
+Every bad input is one line on stderr and exit status 2; Ctrl-C stops cleanly (exit 130).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+from ap_jax import checkpoint, config, cycle, data, parallel, records
+from ap_jax.config import RunConfig
+from experiments.compare_ap import DATA_NOTE, check_batch, check_out
+
+NAME = "reproduce"
+SEEDS = (0, 1, 2)
+
+PARTS: dict[str, RunConfig] = {
+    # The main command's MLP setting (experiments.compare_ap): no BN, full training set.
+    "mlp": RunConfig(model="mlp", cycles=20, epochs=5, lr=0.02, augment=False),
+    # ResNet-20 as in LTH (LR 0.1, drops at 2/3 and 5/6 of a cycle, wd 1e-4, batch 128), on a
+    # class-balanced 10k subset with 12 epochs per cycle, 10 cycles: down to 10.7 % remaining.
+    "resnet20": RunConfig(model="resnet20", train_size=10_000, cycles=10, epochs=12, lr=0.1),
+}
+
+# arm -> overrides of the part's base config; "lth" is X alone, every other arm is paired with it.
+ARMS: dict[str, dict[str, Any]] = {
+    "lth": {"ap_rate": 0.0},
+    "lth+AP": {"ap_rate": 0.02},
+    "lth+AP_q1": {"ap_rate": 0.01},
+    "lth+AP_q4": {"ap_rate": 0.04},
+    "negative_magnitude": {"ap_rate": 0.02, "ap_variant": "negative_magnitude"},
+    "negative_random": {"ap_rate": 0.02, "ap_variant": "negative_random"},
+    "change_all_signs": {"ap_rate": 0.02, "ap_variant": "change_all_signs"},
+    "positive_change": {"ap_rate": 0.02, "ap_variant": "positive_change"},
+}
+
+# Which arms each part runs: the MLP is cheap (~2.5 min a run), ResNet-20 is not (~1.2 h a run).
+PART_ARMS: dict[str, tuple[str, ...]] = {
+    "mlp": tuple(ARMS),
+    "resnet20": ("lth", "lth+AP"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One run of the grid."""
+
+    part: str
+    arm: str
+    seed: int
+    cfg: RunConfig
+
+    def run_dir(self, out: Path) -> Path:
+        """``<out>/runs/<part>/<arm>/seed_<s>``, with ``+`` spelled ``_`` as in compare_ap."""
+        return out / "runs" / self.part / self.arm.replace("+", "_") / f"seed_{self.seed}"
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``["epochs=1", "train_size=64"]`` -> typed ``RunConfig`` overrides; ``ValueError`` if bad."""
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.replace("-", "_")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD a RunConfig field "
+                             f"(e.g. epochs=1); known fields: {', '.join(fields)}")
+        default = fields[name].default
+        try:
+            if isinstance(default, bool):
+                overrides[name] = config._bool(text)
+            elif isinstance(default, tuple):
+                overrides[name] = tuple(float(v) for v in text.split(","))
+            else:
+                overrides[name] = type(default)(text)
+        except (ValueError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"--set {pair!r}: {err}") from None
+    return overrides
+
+
+def grid(parts: list[str], seeds: list[int], overrides: dict[str, Any],
+         arms: list[str] | None = None) -> list[Job]:
+    """Every job, part by part, then seed by seed, then arm; ``ValueError`` for a bad config.
+
+    ``arms`` replaces every part's own arm list (``PART_ARMS``) when given.
+    """
+    return [
+        Job(part, arm, seed, dataclasses.replace(PARTS[part], **ARMS[arm], **overrides, seed=seed))
+        for part in parts for seed in seeds for arm in (arms or PART_ARMS[part])
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI: what to run, where, and how."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{NAME}", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--out", default="results/reproduce", help="study root (default: results/reproduce)")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
+    parser.add_argument("--parts", nargs="+", choices=tuple(PARTS), default=list(PARTS),
+                        help=f"networks to run, in order (default: {' '.join(PARTS)})")
+    parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=None,
+                        help="arms to run in every part (default: each part's own list: "
+                             + "; ".join(f"{p}: {' '.join(a)}" for p, a in PART_ARMS.items()) + ")")
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
+                        help=f"seeds of every arm (default: {' '.join(map(str, SEEDS))})")
+    parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                        help="override a config field in every run, e.g. --set epochs=1 cycles=2 "
+                             "(for tiny checks; the run directories check the config they hold)")
+    parser.add_argument("--report", action="store_true",
+                        help="only write the report from the runs present (run nothing)")
+    parser.add_argument("--report-path", default="REPRODUCTION.md",
+                        help="where the report goes (default: REPRODUCTION.md); figures go to "
+                             "<out>/figures")
+    parallel.add_args(parser)
+    return parser
+
+
+def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, devices: int) -> Iterator[Job]:
+    """Run (or reuse, or resume) every job in order, loading each dataset variant once."""
+    datasets: dict[tuple[str, int, int], data.Dataset] = {}
+    options = cycle.RunOptions(devices=devices)
+    for i, job in enumerate(jobs):
+        key = (job.cfg.dataset, job.cfg.train_size, job.cfg.seed if job.cfg.train_size else 0)
+        if key not in datasets:
+            datasets[key] = data.load(job.cfg.dataset, data_dir, train_size=job.cfg.train_size or None,
+                                      seed=job.cfg.seed)
+        dataset = datasets[key]
+        if problem := check_batch(job.cfg, int(dataset.x_train.shape[0]), devices):
+            raise ValueError(problem)
+        label = f"[{i + 1}/{len(jobs)}] {job.part} {job.arm} seed {job.seed}"
+        cycle.run(job.cfg, dataset, job.run_dir(out), label, options)
+        yield job
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse, check, run the grid in order, then write the report; 2 on any bad input."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        jobs = grid(args.parts, args.seeds, parse_overrides(args.set), args.arms)
+        devices = parallel.devices_from_args(args)
+        check_out(out)
+    except ValueError as err:
+        parser.error(str(err))
+    except OSError as err:
+        parser.error(f"cannot write to {out}: {err}; pass a writable --out")
+    try:
+        if not args.report:
+            out.mkdir(parents=True, exist_ok=True)
+            for job in run_jobs(jobs, out, args.data_dir, devices):
+                print(f"done: {job.part} {job.arm} seed {job.seed}", file=sys.stderr)
+        from ap_jax import report  # matplotlib only once there is something to report
+
+        path = report.write(out, Path(args.report_path), jobs, note=DATA_NOTE,
+                            command=" ".join(["python -m experiments.reproduce", *(argv or sys.argv[1:])]))
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except data.DataError as err:
+        parser.error(str(err))
+    except (ValueError, cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError,
+            checkpoint.CheckpointError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    print(f"written: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The study report: means and t intervals against hand-computed values, verdicts, and the written
+REPRODUCTION.md of a tiny synthetic study (two seeds, two cycles) built from run files."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from ap_jax import records, report
+from ap_jax.config import RunConfig
+from experiments.reproduce import Job
+
+T_975_DF1 = 12.7062047  # Student t quantiles from a printed table (two-sided 95 %)
+T_975_DF2 = 4.3026527
+
+# seed -> arm -> (DNR per cycle, accuracy per cycle); cycles 0, 1, 2
+STUDY = {
+    0: {"lth": ([0.60, 0.55, 0.50], [0.50, 0.52, 0.53]), "lth+AP": ([0.60, 0.53, 0.46], [0.50, 0.53, 0.56])},
+    1: {"lth": ([0.62, 0.58, 0.52], [0.51, 0.52, 0.52]), "lth+AP": ([0.62, 0.56, 0.50], [0.51, 0.52, 0.54])},
+}
+
+
+def test_estimate_matches_t_table():
+    two = report.estimate([1.0, 3.0])
+    assert two.mean == 2.0 and two.n == 2
+    assert two.half_width == pytest.approx(T_975_DF1 * math.sqrt(2) / math.sqrt(2), rel=1e-6)
+    three = report.estimate([0.1, 0.2, 0.3])
+    assert three.mean == pytest.approx(0.2)
+    assert three.half_width == pytest.approx(T_975_DF2 * 0.1 / math.sqrt(3), rel=1e-6)
+    assert math.isnan(report.estimate([5.0]).half_width) and report.estimate([]).n == 0
+
+
+@pytest.mark.parametrize("values, expect, want", [
+    ([-3.0, -2.9, -3.1], "<0", report.HOLDS),
+    ([3.0, 2.9, 3.1], "<0", report.FAILS),
+    ([-1.0, 1.5, -0.2], "<0", report.UNSURE),
+    ([3.0, 2.9, 3.1], ">0", report.HOLDS),
+    ([3.0, 2.9, 3.1], "!=0", report.HOLDS),
+    ([-3.0, -2.9, -3.1], "!=0", report.HOLDS),
+    ([-1.0, 1.5, -0.2], "!=0", report.UNSURE),
+    ([-3.0], "<0", report.UNSURE),
+])
+def test_verdict(values, expect, want):
+    assert report.verdict(report.estimate(values), expect) == want
+
+
+def test_combine():
+    assert report.combine([report.HOLDS, report.HOLDS]) == report.HOLDS
+    assert report.combine([report.HOLDS, report.UNSURE]) == report.UNSURE
+    assert report.combine([report.UNSURE, report.FAILS]) == report.FAILS
+    assert report.combine([]) == report.UNSURE
+
+
+def write_run(run_dir, dnr, acc, epochs=2):
+    """A finished run's files: epoch and cycle rows with the given per-cycle values."""
+    run_dir.mkdir(parents=True)
+    rows, wall = [], 0.0
+    for c, (d, a) in enumerate(zip(dnr, acc)):
+        for e in range(epochs):
+            wall += 1.0
+            rows.append({"kind": "epoch", "cycle": c, "epoch": e, "remaining": 0.8 ** c, "dnr": d,
+                         "test_accuracy": a, "dnr_per_layer": {"relu0": d - 0.1, "relu1": d + 0.1},
+                         "wall_s": wall})
+        rows.append({**rows[-1], "kind": "cycle"})
+    records.write_rows(run_dir / "metrics.jsonl", rows)
+    (run_dir / "provenance.json").write_text(json.dumps({
+        "command": "python -m experiments.reproduce", "git_commit": "abc123",
+        "device": {"backend": "cpu", "device_kind": "cpu", "cpu": "test cpu", "cpu_cores": 2}}))
+
+
+@pytest.fixture
+def study(tmp_path):
+    jobs = []
+    for seed, arms in STUDY.items():
+        for arm, (dnr, acc) in arms.items():
+            job = Job("mlp", arm, seed, RunConfig(cycles=2, seed=seed, ap_rate=0.02 if "AP" in arm else 0.0))
+            write_run(job.run_dir(tmp_path), dnr, acc)
+            jobs.append(job)
+    return tmp_path, jobs
+
+
+def test_claims_of_a_synthetic_study(study):
+    out, jobs = study
+    parts = report.load_parts(out, jobs)
+    assert sorted(parts["mlp"]["lth"].cycle_rows) == [0, 1]
+    # Claim 1: DNR(last) - DNR(dense) is -0.10 for both seeds: zero spread, wholly below 0.
+    falls = report.claim_dnr_falls(parts)
+    assert "-10.00 ± 0.00 (n=2)" in falls.measurement and falls.verdict == report.HOLDS
+    # Claim 2: mean over cycles 1-2 of the paired DNR gap: seed 0 -0.03, seed 1 -0.02.
+    lowers = report.claim_ap_lowers_dnr(parts)
+    hw = T_975_DF1 * np.std([-0.03, -0.02], ddof=1) / math.sqrt(2)
+    assert f"-2.50 ± {100 * hw:.2f} (n=2)" in lowers.measurement and lowers.verdict == report.UNSURE
+    # Claim 3: gap at cycle 2 (+0.03, +0.02); slopes of [0, .01, .03] and [0, 0, .02]: .015 and .01.
+    acc = report.claim_ap_accuracy(parts)
+    slope_hw = T_975_DF1 * np.std([0.015, 0.01], ddof=1) / math.sqrt(2)
+    assert "+2.50 ± " in acc.measurement and f"+1.250 ± {100 * slope_hw:.3f} (n=2)" in acc.measurement
+    assert report.claim_parity(parts).verdict == report.UNSURE
+
+
+def test_written_report(study, tmp_path):
+    out, jobs = study
+    path = report.write(out, out / "REPRODUCTION.md", jobs, note="NOTE", command="python -m experiments.reproduce")
+    text = path.read_text()
+    assert "NOTE" in text and "`python -m experiments.reproduce`" in text and "`abc123`" in text
+    # per-cycle table: cycle 2, X accuracy 52.50 mean of .53 and .52
+    assert "| 2 | 64.0 | 52.50 ± " in text
+    assert f"total training wall time, every run: {4 * 6 / 3600:.2f} h" in text  # 4 runs of 6 epochs of 1 s
+    for name in ("mlp_accuracy_dnr", "mlp_dnr_epochs", "mlp_layer_dnr"):
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+        assert f"](figures/{name}.png)" in text
+
+
+def test_incomplete_runs_are_listed_not_counted(study):
+    out, jobs = study
+    lines = (jobs[0].run_dir(out) / "metrics.jsonl").read_text().splitlines()
+    (jobs[0].run_dir(out) / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    parts = report.load_parts(out, jobs)
+    assert sorted(parts["mlp"]["lth"].cycle_rows) == [1]
+    assert parts["mlp"]["lth"].incomplete == ["seed 0: 1 of 3 cycles"]

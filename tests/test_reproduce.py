@@ -1,0 +1,62 @@
+"""The study module: its grid, its CLI's errors, and a tiny study that continues where it stopped."""
+
+import pytest
+
+from experiments import reproduce
+
+TINY = ["--parts", "mlp", "--arms", "lth", "lth+AP",
+        "--set", "epochs=1", "cycles=2", "batch_size=40", "dnr_size=60", "eval_batch_size=64"]
+
+
+def test_grid_order_and_pairing():
+    jobs = reproduce.grid(["mlp", "resnet20"], [0, 1], {})
+    mlp = [j for j in jobs if j.part == "mlp"]
+    assert len(mlp) == 2 * len(reproduce.PART_ARMS["mlp"])
+    assert [j.part for j in jobs] == sorted((j.part for j in jobs), key=["mlp", "resnet20"].index)
+    first_seed = [j.arm for j in mlp[: len(reproduce.PART_ARMS["mlp"])]]
+    assert first_seed == list(reproduce.PART_ARMS["mlp"]) and {j.seed for j in mlp[:len(first_seed)]} == {0}
+    by_arm = {(j.part, j.arm, j.seed): j.cfg for j in jobs}
+    # arms of one part and seed differ only in the AP fields
+    x, ap = by_arm[("resnet20", "lth", 1)], by_arm[("resnet20", "lth+AP", 1)]
+    assert (x.ap_rate, ap.ap_rate) == (0.0, 0.02) and x.seed == ap.seed == 1
+    assert {k for k, v in x.to_dict().items() if ap.to_dict()[k] != v} == {"ap_rate"}
+    assert by_arm[("mlp", "negative_random", 0)].ap_variant == "negative_random"
+
+
+def test_overrides_are_typed():
+    assert reproduce.parse_overrides(["epochs=3", "augment=false", "lr_drops=0.5,0.75", "lr=0.5"]) == {
+        "epochs": 3, "augment": False, "lr_drops": (0.5, 0.75), "lr": 0.5}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "epoch=1"], "expected FIELD=VALUE with FIELD a RunConfig field"),
+    (["--set", "epochs=two"], "--set 'epochs=two'"),
+    (["--set", "rate=1.5"], "--rate must be in [0, 1)"),
+    (["--arms", "nope"], "invalid choice"),
+])
+def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main([*argv, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help(capsys):
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--help"])
+    assert stop.value.code == 0 and "--report" in capsys.readouterr().out
+
+
+def test_study_continues_where_it_stopped(fake_data, tmp_path):
+    out, md = tmp_path / "study", tmp_path / "REPRODUCTION.md"
+    common = [*TINY, "--data-dir", str(fake_data), "--out", str(out), "--report-path", str(md)]
+    assert reproduce.main([*common, "--seeds", "0"]) == 0
+    seed0 = {p: p.read_bytes() for p in out.glob("runs/mlp/*/seed_0/metrics.jsonl")}
+    assert len(seed0) == 2 and "1 complete seed(s)" in md.read_text()
+    assert reproduce.main([*common, "--seeds", "0", "1"]) == 0  # seed 0 reused, seed 1 added
+    assert {p: p.read_bytes() for p in out.glob("runs/mlp/*/seed_0/metrics.jsonl")} == seed0
+    assert len(list(out.glob("runs/mlp/*/seed_1/metrics.jsonl"))) == 2
+    text = md.read_text()
+    assert "2 complete seed(s)" in text and "| 2 | 64.0 |" in text and (out / "figures" / "mlp_layer_dnr.png").exists()
+    assert reproduce.main([*common, "--seeds", "0", "1", "--report"]) == 0
