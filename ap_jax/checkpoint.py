@@ -3,6 +3,7 @@
 Layout inside a run directory::
 
     theta0/0/init/           params + batch_stats at init, saved once (LTH rewinds to them)
+    rewind/<k>/rewind/       params + batch_stats after step k of cycle 0 (lth_rewind only)
     cycles/<c>/mask/         the mask cycle c trained with
     cycles/<c>/start/        params + batch_stats cycle c's training started from (AP's W_0)
     cycles/<c>/end/          params + batch_stats at the end of cycle c's training
@@ -78,9 +79,10 @@ def _abstract(tree: PyTree) -> PyTree:
 class RunCheckpoints:
     """The orbax checkpoints of one run directory (see the module docstring for the layout)."""
 
-    def __init__(self, run_dir: Path, keep: int) -> None:
+    def __init__(self, run_dir: Path, keep: int, rewind: bool = False) -> None:
         self.run_dir = run_dir
         self.theta0 = _manager(run_dir / "theta0", None, ("init",))
+        self.rewind = _manager(run_dir / "rewind", None, ("rewind",)) if rewind else None
         self.cycles = _manager(run_dir / "cycles", None, ("mask", "start", "end"))
         self.states = _manager(run_dir / "checkpoints", keep, ("state", "rows"))
 
@@ -107,6 +109,26 @@ class RunCheckpoints:
                 f"{self.run_dir} to start this run again"
             ) from err
         return restored.init
+
+    def save_rewind(self, step: int, variables: PyTree) -> None:
+        """The variables after ``step`` training steps of cycle 0 (kept as they are if already saved)."""
+        if step not in self.rewind.all_steps():
+            self._save(self.rewind, step, rewind=ocp.args.StandardSave(variables))
+
+    def rewind_variables(self, template: PyTree) -> PyTree | None:
+        """The saved rewind point (shaped like ``template``), or None if the run has not reached it."""
+        step = self.rewind.latest_step()
+        if step is None:
+            return None
+        try:
+            restored = self.rewind.restore(step, args=ocp.args.Composite(
+                rewind=ocp.args.StandardRestore(_abstract(template))))
+        except Exception as err:
+            raise CheckpointError(
+                f"the rewind point in {self.rewind.directory} is unreadable ({one_line(err)}); delete "
+                f"{self.run_dir} to start this run again"
+            ) from err
+        return restored.rewind
 
     def save_cycle(self, cycle: int, mask: PyTree, start: PyTree, end: PyTree) -> None:
         """Cycle ``cycle``'s mask and start and end variables (kept as they are if already saved)."""
@@ -147,8 +169,9 @@ class RunCheckpoints:
 
     def close(self) -> None:
         """Wait for and release every manager."""
-        for manager in (self.theta0, self.cycles, self.states):
-            manager.close()
+        for manager in (self.theta0, self.rewind, self.cycles, self.states):
+            if manager is not None:
+                manager.close()
 
 
 def read_cycle(run_dir: Path, cycle: int) -> dict[str, PyTree]:

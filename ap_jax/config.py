@@ -36,6 +36,10 @@ class RunConfig:
     dataset: str = _field("cifar10", "tfds dataset name", choices=tuple(DATASETS))
     train_size: int = _field(0, "class-balanced training subset size (0: the whole split)")
     method: str = _field("lth", "base pruning method X", choices=tuple(methods.METHODS))
+    rewind_step: int = _field(0, "lth_rewind: rewind to the dense run's weights after this many steps "
+                              "(0: not lth_rewind)", added=True)
+    finetune_lr: float = _field(1e-3, "finetune: constant LR of every pruned cycle (Renda et al.: the "
+                                "schedule's final LR)", added=True)
     rate: float = _field(0.2, "share p of the alive prunable weights removed per cycle, in [0, 1)")
     ap_rate: float = _field(0.0, "share q of p taken by AP per cycle (0: X alone; paper: 0.02)")
     ap_variant: str = _field("ap", "AP score: the paper's, or an ablation/substitution (see ap_jax.ap)",
@@ -103,6 +107,17 @@ def check(cfg: RunConfig) -> None:
         (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),
         (all(0 < s < 1 for s in cfg.lr_drops), f"--lr-drops must lie in (0, 1), got {list(cfg.lr_drops)}"),
         (cfg.warmup_steps >= 0, f"--warmup-steps must be >= 0, got {cfg.warmup_steps}"),
+        (cfg.method in methods.METHODS,
+         f"--method must be one of {', '.join(methods.METHODS)}, got {cfg.method!r}"),
+        (cfg.method != "lth_rewind" or cfg.rewind_step >= 1,
+         f"--method lth_rewind needs --rewind-step >= 1 (the step of cycle 0 to rewind to), got {cfg.rewind_step}"),
+        (cfg.method == "lth_rewind" or cfg.rewind_step == 0,
+         f"--rewind-step is used by --method lth_rewind only, got {cfg.rewind_step} with --method {cfg.method}"),
+        (cfg.finetune_lr > 0, f"--finetune-lr must be positive, got {cfg.finetune_lr}"),
+        (cfg.method == "finetune" or cfg.finetune_lr == _added_defaults()["finetune_lr"],
+         f"--finetune-lr is used by --method finetune only, got {cfg.finetune_lr} with --method {cfg.method}"),
+        (cfg.method != "oneshot" or cfg.ap_start_cycle == 0,
+         f"--method oneshot prunes once, after cycle 0: --ap-start-cycle must be 0, got {cfg.ap_start_cycle}"),
     ]
     for ok, message in rules:
         if not ok:

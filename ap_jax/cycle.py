@@ -3,8 +3,11 @@
 Cycle 0 trains the dense network from theta_0. After cycle c's training (weights W_T, started
 from W_0), X prunes ``rate - ap_rate`` of the alive prunable weights by global magnitude and AP
 prunes ``ap_rate`` more among the alive negative weights with the smallest ``|W_T - W_0|``
-(``ap_rate = 0`` is X alone); the base method then says what cycle c + 1 starts from (LTH:
-theta_0 masked). So cycle c trains and reports the network at ``(1 - rate)^c`` remaining weights.
+(``ap_rate = 0`` is X alone); the base method (``ap_jax.methods``) then says what cycle c + 1
+starts from (LTH: theta_0 masked; LTH rewind: the dense run's step-k weights masked; LRR and
+fine-tuning: the trained survivors) and its LR schedule (the whole one again, or fine-tuning's
+constant LR). So cycle c trains and reports the network at ``(1 - rate)^c`` remaining weights.
+One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycles`` remaining.
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
 cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
@@ -32,6 +35,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import optax
 from tqdm.auto import tqdm
 
 from ap_jax import ap, checkpoint, config, masks, methods, models, parallel, records, train
@@ -70,12 +74,14 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
 def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> PyTree:
     """The prune after training cycle ``cycle``: X (magnitude) for ``rate - ap_rate``, then AP
     (``cfg.ap_variant``) for ``ap_rate``; before ``cfg.ap_start_cycle`` X takes the whole rate.
+    One-shot methods prune ``methods.prune_rates`` of these at once.
 
     The random variant's key is a ``fold_in`` of the seed's key and ``cycle``, so resumes are exact.
     """
     ap_rate = cfg.ap_rate if cycle >= cfg.ap_start_cycle else 0.0
+    rate, ap_rate = methods.prune_rates(methods.get(cfg.method), cfg.rate, ap_rate, cfg.cycles)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), PRUNE_STREAM), cycle)
-    return ap.ap_prune(mask, trained, cycle_start, rate=cfg.rate, ap_rate=ap_rate, scope=cfg.scope,
+    return ap.ap_prune(mask, trained, cycle_start, rate=rate, ap_rate=ap_rate, scope=cfg.scope,
                        variant=cfg.ap_variant, key=key)
 
 
@@ -91,8 +97,14 @@ def evaluate(steps: train.Steps, state: train.TrainState, dataset: Dataset, cfg:
 
 def is_complete(rows: list[dict[str, Any]], cfg: RunConfig) -> bool:
     """True when ``rows`` hold a cycle row for every cycle of ``cfg``."""
-    return [r["cycle"] for r in records.cycle_rows(rows)] == list(range(cfg.cycles + 1))
+    last = methods.last_cycle(methods.get(cfg.method), cfg.cycles)
+    return [r["cycle"] for r in records.cycle_rows(rows)] == list(range(last + 1))
 
+
+def check_rewind_step(cfg: RunConfig, num_train: int) -> str | None:
+    """Why ``cfg.rewind_step`` is not a step of a cycle on ``num_train`` examples, or None."""
+    steps_per_cycle = cfg.epochs * (num_train // cfg.batch_size)
+    return methods.rewind_problem(methods.get(cfg.method), cfg.rewind_step, steps_per_cycle)
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
@@ -135,7 +147,9 @@ class _Run:
         arrays = {k: getattr(dataset, k) for k in ("x_train", "y_train", "x_test", "y_test")}
         self.dataset = dataclasses.replace(dataset, **parallel.replicate(arrays, self.mesh))  # once, not per epoch
         self.metrics_path = run_dir / "metrics.jsonl"
-        self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints)
+        self.method = methods.get(cfg.method)
+        self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints,
+                                               rewind=self.method.start_from == "rewind")
         model = build_model(cfg, dataset.num_classes)
         init_key, self.key = jax.random.split(jax.random.key(cfg.seed))
         sample = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
@@ -143,23 +157,37 @@ class _Run:
         self.theta0 = self.store.init_variables(
             {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
         self.steps_per_epoch = int(dataset.x_train.shape[0]) // cfg.batch_size
-        optim = cfg.optim()
-        self.tx = train.optimizer(optim, train.lr_schedule(optim, cfg.epochs * self.steps_per_epoch),
-                                  self.theta0["params"])
-        self.steps = train.make_steps(model, self.tx, dataset.mean, dataset.std, augment=cfg.augment,
-                                      skip_nonfinite=options.skip_nonfinite, mesh=self.mesh)
-        self.method = methods.get(cfg.method)
+        self.last_cycle = methods.last_cycle(self.method, cfg.cycles)
+        schedules = {"replay": train.lr_schedule(cfg.optim(), cfg.epochs * self.steps_per_epoch),
+                     "constant": optax.constant_schedule(cfg.finetune_lr)}
+        used = {methods.schedule_of(self.method, c) for c in range(self.last_cycle + 1)}
+        # (tx, steps) per LR schedule some cycle uses, so a second compile happens only if needed
+        self.trainers = {name: self._trainer(model, dataset, schedules[name]) for name in sorted(used)}
+        self.tx, self.steps = self.trainers["replay"]  # cycle 0's; the steps evaluate every cycle
+        self.rewind: PyTree | None = None  # the dense run's variables at step rewind_step, once reached
         self.rows: list[Row] = []
         self.started = time.perf_counter()
 
-    def fresh(self, start: PyTree, mask: PyTree) -> tuple[train.TrainState, PyTree]:
-        """A cycle's first state and a copy of its start variables (AP's W_0)."""
-        state = train.fresh_state(start["params"], start["batch_stats"], mask, self.tx)
+    def _trainer(self, model: nn.Module, dataset: Dataset, schedule: optax.Schedule):
+        """The optimizer with LR ``schedule`` and its compiled steps."""
+        tx = train.optimizer(self.cfg.optim(), schedule, self.theta0["params"])
+        return tx, train.make_steps(model, tx, dataset.mean, dataset.std, augment=self.cfg.augment,
+                                    skip_nonfinite=self.options.skip_nonfinite, mesh=self.mesh)
+
+    def trainer(self, cycle: int):
+        """``(tx, steps)`` that cycle ``cycle`` trains with (its method's LR schedule)."""
+        return self.trainers[methods.schedule_of(self.method, cycle)]
+
+    def fresh(self, start: PyTree, mask: PyTree, cycle: int) -> tuple[train.TrainState, PyTree]:
+        """Cycle ``cycle``'s first state and a copy of its start variables (AP's W_0)."""
+        state = train.fresh_state(start["params"], start["batch_stats"], mask, self.trainer(cycle)[0])
         return state, _variables(state)
 
     def resume(self, rows: list[Row]) -> tuple[int, int, train.TrainState, PyTree]:
         """``(cycle, epoch, state, cycle_start)`` to go on from; metrics.jsonl made to match."""
-        state, start = self.fresh(self.theta0, masks.init(self.theta0["params"]))
+        state, start = self.fresh(self.theta0, masks.init(self.theta0["params"]), 0)
+        if self.store.rewind is not None:
+            self.rewind = self.store.rewind_variables(self.theta0)
         position = self.store.restore_latest(state, start, self.key)
         if position is None:
             cycle, epoch, rows = 0, 0, []
@@ -181,9 +209,10 @@ class _Run:
 
     def train_epoch(self, state: train.TrainState, cycle: int, epoch: int, remaining: float):
         """Train one epoch and measure it: the new state and its ``kind="epoch"`` row."""
-        state, fit = train.train_epoch(self.steps, state, self.dataset, self.cfg.batch_size,
+        state, fit = train.train_epoch(self.trainer(cycle)[1], state, self.dataset, self.cfg.batch_size,
                                        jax.random.fold_in(self.key, cycle), epoch,
-                                       desc=f"cycle {cycle} epoch {epoch}")
+                                       desc=f"cycle {cycle} epoch {epoch}",
+                                       after_step=self.rewind_hook(cycle, epoch))
         bad = fit.pop("nonfinite_steps")
         if bad and not self.options.skip_nonfinite:
             raise NonFiniteLoss(
@@ -194,6 +223,20 @@ class _Run:
                        "remaining": remaining, **fit, "skipped_steps": len(bad),
                        **evaluate(self.steps, state, self.dataset, self.cfg),
                        "wall_s": time.perf_counter() - self.started}
+
+    def rewind_hook(self, cycle: int, epoch: int):
+        """For the epoch holding step ``rewind_step`` of cycle 0 (lth_rewind only), the
+        ``after_step`` that saves the variables after that step as the rewind point; else None."""
+        k = self.cfg.rewind_step
+        if self.method.start_from != "rewind" or cycle != 0 or (k - 1) // self.steps_per_epoch != epoch:
+            return None
+        at = k - epoch * self.steps_per_epoch
+
+        def keep(done: int, state: train.TrainState) -> None:
+            if done == at:
+                self.rewind = _variables(state)
+                self.store.save_rewind(k, self.rewind)
+        return keep
 
     def commit(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree, pending: list[Row]) -> None:
         """Checkpoint after ``epoch`` of ``cycle``, then (and only then) append its rows."""
@@ -220,15 +263,16 @@ class _Run:
     def run(self, rows: list[Row]) -> list[Row]:
         """Every cycle from where ``rows`` and the checkpoints leave off; returns all rows."""
         cycle, epoch, state, start = self.resume(rows)
-        for cycle in tqdm(range(cycle, self.cfg.cycles + 1), desc=self.label or "cycles", disable=None):
+        for cycle in tqdm(range(cycle, self.last_cycle + 1), desc=self.label or "cycles", disable=None):
             state = self.train_cycle(cycle, epoch, state, start)
             self.store.save_cycle(cycle, state.mask, start, _variables(state))
-            if cycle < self.cfg.cycles:
+            if cycle < self.last_cycle:
                 mask = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
-                trained = (state.params, state.batch_stats)
+                rewind = None if self.rewind is None else (self.rewind["params"], self.rewind["batch_stats"])
                 params, stats = methods.next_start(
-                    self.method, (self.theta0["params"], self.theta0["batch_stats"]), trained)
-                state, start = self.fresh({"params": params, "batch_stats": stats}, mask)
+                    self.method, (self.theta0["params"], self.theta0["batch_stats"]),
+                    (state.params, state.batch_stats), rewind)
+                state, start = self.fresh({"params": params, "batch_stats": stats}, mask, cycle + 1)
                 epoch = 0
         return self.rows
 
@@ -239,9 +283,12 @@ def run(cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str = "",
 
     A run directory whose ``metrics.jsonl`` is already complete for this config is reused as it
     is; an incomplete one resumes from its newest readable checkpoint. A directory of another
-    config is a ``RunDirError``; a hand-broken ``metrics.jsonl`` a ``records.RecordsError``.
+    config is a ``RunDirError``; a hand-broken ``metrics.jsonl`` a ``records.RecordsError``; a
+    ``rewind_step`` past the steps of a cycle a ``ValueError``, before anything is written.
     """
     jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
+    if problem := check_rewind_step(cfg, int(dataset.x_train.shape[0])):
+        raise ValueError(problem)
     check_run_dir(run_dir, cfg)
     rows = records.read_rows(run_dir / "metrics.jsonl")
     if is_complete(rows, cfg):

@@ -198,9 +198,12 @@ def dead_neuron_rate(steps: Steps, state: TrainState, images: jax.Array, batch_s
 
 def train_epoch(
     steps: Steps, state: TrainState, dataset: data.Dataset, batch_size: int, key: jax.Array,
-    epoch: int, desc: str = "",
+    epoch: int, desc: str = "", after_step: Callable[[int, TrainState], None] | None = None,
 ) -> tuple[TrainState, dict[str, float]]:
     """One pass over the training set in the order ``fold_in(key, epoch)``.
+
+    ``after_step(n, state)``, when given, is called after the epoch's n-th step (n from 1) with
+    the state that step returned, valid until the next step (which donates it): copy to keep.
 
     Returns the mean loss and accuracy over the steps whose loss was finite, and
     ``nonfinite_steps``: the indices (within the epoch) of the steps whose loss was NaN or inf,
@@ -215,6 +218,8 @@ def train_epoch(
     for i in tqdm(range(order.shape[0]), desc=desc, leave=False, disable=None):
         state, metrics = steps.train(state, images, labels, parallel.shard_batch(order[i], mesh),
                                      jax.random.fold_in(aug_key, i))
+        if after_step is not None:
+            after_step(i + 1, state)
         losses.append(metrics["loss"])
         accs.append(metrics["accuracy"])
     losses, accs = np.asarray(jax.device_get(losses)), np.asarray(jax.device_get(accs))

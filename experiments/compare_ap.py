@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot write to {root}: {err}; pass a writable --out")
-    if problem := check_batch(cfg, int(dataset.x_train.shape[0]), devices):
+    if problem := check_batch(cfg, int(dataset.x_train.shape[0]), devices) or \
+            cycle.check_rewind_step(cfg, int(dataset.x_train.shape[0])):
         parser.error(problem)
     try:
         cycle.check_run_dir(root, cfg)

@@ -78,5 +78,5 @@ def test_base_method_reset_rules():
     init, trained = ("theta0", "bn0"), ("theta_T", "bn_T")
     assert methods.next_start(methods.get("lth"), init, trained) == init
     assert methods.next_start(methods.get("lrr"), init, trained) == trained
-    with pytest.raises(ValueError, match="known methods: lrr, lth"):
+    with pytest.raises(ValueError, match="known methods: finetune, lrr, lth, lth_rewind, oneshot"):
         methods.get("snip")
