@@ -106,12 +106,23 @@ def check_data_dir(name: str, data_dir: str | os.PathLike[str]) -> Path:
     error about TFRecord random access. Returns the dataset's version directory.
     """
     entry = spec(name)
-    ds_dir = Path(data_dir) / name / entry.version
+    return require_prepared(entry.title, name, entry.version, data_dir, "see ../shared/data/README.md")
+
+
+def require_prepared(
+    title: str, tfds_name: str, version: str, data_dir: str | os.PathLike[str], hint: str
+) -> Path:
+    """Raise a one-line DataError naming ``title`` unless ``<tfds_name>/<version>`` is prepared.
+
+    Shared by the on-device datasets here and the streamed ones (``ap_jax.stream``); ``hint``
+    ends the message with where such data comes from. Returns the version directory.
+    """
+    ds_dir = Path(data_dir) / tfds_name / version
     info = ds_dir / "dataset_info.json"
     if not info.is_file():
         raise DataError(
-            f"{entry.title} not found: no {info}; pass --data-dir DIR or set {ENV_VAR} to a "
-            f"TFDS data dir that holds {name}/{entry.version} (see ../shared/data/README.md)"
+            f"{title} not found: no {info}; pass --data-dir DIR or set {ENV_VAR} to a "
+            f"TFDS data dir that holds {tfds_name}/{version} ({hint})"
         )
     return ds_dir
 
@@ -136,11 +147,16 @@ def load_split(
         images = np.stack([np.asarray(e["image"], dtype=np.uint8) for e in examples])
         labels = np.asarray([e["label"] for e in examples], dtype=np.int32)
     except Exception as err:  # tfds / array_record / PIL raise many unrelated types
-        raise DataError(
-            f"{entry.title} {split} split in {ds_dir} is unreadable (truncated or corrupt?): "
-            f"{type(err).__name__}: {_one_line(err)}"
-        ) from err
+        raise unreadable(entry.title, split, ds_dir, err) from err
     return images, labels
+
+
+def unreadable(title: str, split: str, ds_dir: Path, err: BaseException) -> DataError:
+    """The one-line DataError for a split whose files failed to read or decode."""
+    return DataError(
+        f"{title} {split} split in {ds_dir} is unreadable (truncated or corrupt?): "
+        f"{type(err).__name__}: {_one_line(err)}"
+    )
 
 
 def balanced_subset(labels: np.ndarray, size: int, num_classes: int, seed: int) -> np.ndarray:

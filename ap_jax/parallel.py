@@ -103,8 +103,20 @@ def shard_batch(batch: np.ndarray, mesh: Mesh) -> jax.Array:
     on several hosts no process ships another's share.
     """
     batch = np.asarray(batch)
-    local = batch[process_rows(batch.shape[0], mesh)]
-    return jax.make_array_from_process_local_data(batch_sharded(mesh), local, batch.shape)
+    return shard_local_batch(batch[process_rows(batch.shape[0], mesh)], batch.shape[0], mesh)
+
+
+def shard_local_batch(local: np.ndarray, batch_size: int, mesh: Mesh) -> jax.Array:
+    """A global ``P('data')`` array of ``batch_size`` rows from this process's rows ``local`` only.
+
+    For streamed data, where each process reads just its own :func:`process_rows` of the batch.
+    """
+    local = np.asarray(local)
+    rows = process_rows(batch_size, mesh)
+    if local.shape[0] != rows.stop - rows.start:
+        raise ValueError(f"this process holds rows {rows.start}:{rows.stop} of a batch of {batch_size}, "
+                         f"got {local.shape[0]} rows")
+    return jax.make_array_from_process_local_data(batch_sharded(mesh), local, (batch_size, *local.shape[1:]))
 
 
 def eval_batches(num_examples: int, batch_size: int, mesh: Mesh) -> Iterator[tuple[np.ndarray, int]]:

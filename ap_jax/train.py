@@ -10,11 +10,17 @@ Every step is compiled once for a 1-D ``('data',)`` device mesh (``ap_jax.parall
 code for 1 and N devices: state and data replicated, the per-step index vector sharded, so the
 batch is split over devices and BatchNorm sees global-batch moments. Eval batches are gathered
 the same way; ReLU counts are per-device partial counts summed with ``psum`` in ``shard_map``.
+
+Data too large for the device (ImageNet) is streamed instead (``ap_jax.stream``): the same update
+is compiled a second time as ``Steps.train_batch``, which takes a host-augmented uint8 batch that
+is already sharded on the device, and :func:`train_stream_epoch` / :func:`stream_accuracy` are the
+epoch loop and the eval for it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -97,13 +103,17 @@ class Steps:
 
     ``train(state, images, labels, index, key)``, ``correct(state, images, labels, index)`` and
     ``relu_counts(state, images, index)`` gather the batch ``images[index]`` on the device.
-    ``mesh`` None stands for a mesh over every device.
+    ``mesh`` None stands for a mesh over every device. For streamed data (``ap_jax.stream``),
+    ``train_batch(state, x, y)`` and ``correct_batch(state, x, y)`` take a uint8 batch that is
+    already on the device, sharded ``P('data')`` and augmented on the host.
     """
 
     train: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
     correct: Callable[..., jax.Array]
     relu_counts: Callable[..., PyTree]
     mesh: Mesh | None = None
+    train_batch: Callable[..., tuple[TrainState, dict[str, jax.Array]]] | None = None
+    correct_batch: Callable[..., jax.Array] | None = None
 
 
 def make_steps(
@@ -132,11 +142,8 @@ def make_steps(
         logits, updates = model.apply(variables, x, train=True, mutable=collections)
         return logits, (updates.get("batch_stats", state.batch_stats), updates.get(stats.COLLECTION))
 
-    def train_step(state: TrainState, images, labels, index, key):
-        x_uint8 = gather(images, index)
-        if augment:
-            x_uint8 = data.augment(key, x_uint8)
-        x, y = data.normalize(x_uint8, mean, std), labels[index]
+    def update(state: TrainState, x_uint8, y):
+        x = data.normalize(x_uint8, mean, std)
 
         def loss_fn(params):
             logits, batch_stats = forward_train(params, state, x)
@@ -153,6 +160,12 @@ def make_steps(
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return new, {**metrics, "relu_counts": stats.pack_counts(counts)} if count_relu else metrics
 
+    def train_step(state: TrainState, images, labels, index, key):
+        x_uint8 = gather(images, index)
+        if augment:
+            x_uint8 = data.augment(key, x_uint8)
+        return update(state, x_uint8, labels[index])
+
     def eval_variables(state: TrainState):
         return _variables(masks.apply(state.params, state.mask), state.batch_stats)
 
@@ -160,6 +173,10 @@ def make_steps(
         x = data.normalize(gather(images, index), mean, std)
         logits = model.apply(eval_variables(state), x, train=False)
         return jnp.sum(jnp.argmax(logits, -1) == labels[index])
+
+    def correct_batch(state: TrainState, x_uint8, y):
+        logits = model.apply(eval_variables(state), data.normalize(x_uint8, mean, std), train=False)
+        return jnp.sum(jnp.argmax(logits, -1) == y)
 
     def relu_counts(state: TrainState, images, index):
         x = data.normalize(gather(images, index), mean, std)
@@ -171,6 +188,8 @@ def make_steps(
         correct=jax.jit(correct, in_shardings=(rep, rep, rep, split), out_shardings=rep),
         relu_counts=jax.jit(relu_counts, in_shardings=(rep, rep, split), out_shardings=rep),
         mesh=mesh,
+        train_batch=jax.jit(update, donate_argnums=0, in_shardings=(rep, split, split), out_shardings=rep),
+        correct_batch=jax.jit(correct_batch, in_shardings=(rep, split, split), out_shardings=rep),
     )
 
 
@@ -222,8 +241,40 @@ def train_epoch(
             after_step(i + 1, state)
         losses.append(metrics["loss"])
         accs.append(metrics["accuracy"])
+    return state, _fit_summary(losses, accs)
+
+
+def _fit_summary(losses: list[jax.Array], accs: list[jax.Array]) -> dict[str, Any]:
+    """Mean loss and accuracy over the finite-loss steps, and the indices of the others."""
     losses, accs = np.asarray(jax.device_get(losses)), np.asarray(jax.device_get(accs))
     finite = np.isfinite(losses)
     fit = {"train_loss": float(np.mean(losses[finite])) if finite.any() else float("nan"),
            "train_accuracy": float(np.mean(accs[finite])) if finite.any() else float("nan")}
-    return state, {**fit, "nonfinite_steps": np.flatnonzero(~finite).tolist()}
+    return {**fit, "nonfinite_steps": np.flatnonzero(~finite).tolist()}
+
+
+# ---------------------------------------------------------------- streamed data (ap_jax.stream)
+
+
+def train_stream_epoch(
+    steps: Steps, state: TrainState, batches: Iterable[tuple[jax.Array, jax.Array]], desc: str = "",
+) -> tuple[TrainState, dict[str, Any]]:
+    """One epoch over device batches ``(x uint8, y int32)``, e.g. from ``stream.stream``.
+
+    The counterpart of :func:`train_epoch` for data too large for the device: the batches come
+    augmented from the host, and the summary is the same as :func:`train_epoch`'s.
+    """
+    losses, accs = [], []
+    for x, y in tqdm(batches, desc=desc, leave=False, disable=None):
+        state, metrics = steps.train_batch(state, x, y)
+        losses.append(metrics["loss"])
+        accs.append(metrics["accuracy"])
+    return state, _fit_summary(losses, accs)
+
+
+def stream_accuracy(
+    steps: Steps, state: TrainState, batches: Iterable[tuple[jax.Array, jax.Array]], num_examples: int,
+) -> float:
+    """Top-1 accuracy over ``num_examples`` from eval batches whose padding rows have label -1."""
+    correct = [steps.correct_batch(state, x, y) for x, y in batches]
+    return int(np.sum(jax.device_get(correct))) / num_examples

@@ -2,9 +2,12 @@
 
 The result looks like ``shared/data/cifar10/3.0.2``: ``{name}-{split}.array_record-00000-of-00001``
 files holding serialized ``tf.Example`` protos (features ``image``: (32, 32, 3) uint8 PNG,
-``label``: ClassLabel, ``id``: Text), plus ``dataset_info.json``, ``features.json`` and
-``label.labels.txt``. ``tfds.data_source(f"{name}:{version}", data_dir=..., download=False)``
-reads it back exactly like the real dataset.
+``label``: ClassLabel, ``id``: Text; cifar100 also ``coarse_label``: ClassLabel(20), as tfds's
+``Cifar100`` builder), plus ``dataset_info.json``, ``features.json`` and the label name files.
+``tfds.data_source(f"{name}:{version}", data_dir=..., download=False)`` reads it back exactly
+like the real dataset. :func:`write_fake_imagenet` writes ``imagenet2012/5.1.0`` the same way
+(features ``image``: JPEG of any size, ``label``: ClassLabel with tfds's 1000 ImageNet
+synsets, ``file_name``: Text).
 
 Why not ``tfds.dataset_builders.store_as_tfds_dataset``: in tfds 4.9.10 any builder class that
 lives in a package module evaluates ``importlib_resources.abc.Traversable`` in
@@ -18,6 +21,7 @@ this writer uses the lower-level public pieces: ``FeaturesDict.encode_example``,
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,7 @@ CIFAR10_LABELS = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
+CIFAR100_COARSE = 20
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 
 Split = tuple[np.ndarray, np.ndarray, list[str]]
@@ -40,14 +45,22 @@ def _label_names(num_classes: int) -> list[str]:
     return [f"class_{c:03d}" for c in range(num_classes)]
 
 
-def _features(names: list[str]) -> tfds.features.FeaturesDict:
+def _features(names: list[str], coarse: bool) -> tfds.features.FeaturesDict:
+    coarse_label = {"coarse_label": tfds.features.ClassLabel(num_classes=CIFAR100_COARSE)} if coarse else {}
     return tfds.features.FeaturesDict(
         {
             "id": tfds.features.Text(),
             "image": tfds.features.Image(shape=(32, 32, 3), dtype=np.uint8),
             "label": tfds.features.ClassLabel(names=names),
+            **coarse_label,
         }
     )
+
+
+def _cifar_example(image: np.ndarray, label: int, id_: str, coarse: bool) -> dict:
+    """A record; the fake coarse label (superclass) is ``label // 5``, not CIFAR-100's real map."""
+    example = {"id": id_, "image": PIL.Image.fromarray(image), "label": label}
+    return {**example, "coarse_label": label // 5} if coarse else example
 
 
 def _make_split(
@@ -68,6 +81,16 @@ def _make_split(
 def _write_split(
     ds_dir: Path, name: str, split: str, data: Split, features: tfds.features.FeaturesDict
 ) -> tfds.core.SplitInfo:
+    images, labels, ids = data
+    coarse = "coarse_label" in features
+    examples = [_cifar_example(x, int(y), id_, coarse) for x, y, id_ in zip(images, labels, ids)]
+    return _write_records(ds_dir, name, split, features, examples)
+
+
+def _write_records(
+    ds_dir: Path, name: str, split: str, features: tfds.features.FeaturesDict, examples: list[dict]
+) -> tfds.core.SplitInfo:
+    """Encode, serialize and write ``examples`` as one ArrayRecord shard of ``split``."""
     template = tfds.core.ShardedFileTemplate(
         data_dir=ds_dir,
         template=FILENAME_TEMPLATE,
@@ -76,15 +99,7 @@ def _write_split(
         filetype_suffix=file_adapters.FileFormat.ARRAY_RECORD.file_suffix,
     )
     serializer = tfds.core.ExampleSerializer(features.get_serialized_info())
-    images, labels, ids = data
-    records = [
-        serializer.serialize_example(
-            features.encode_example(
-                {"id": id_, "image": PIL.Image.fromarray(image), "label": int(label)}
-            )
-        )
-        for image, label, id_ in zip(images, labels, ids)
-    ]
+    records = [serializer.serialize_example(features.encode_example(e)) for e in examples]
     adapter = file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.ARRAY_RECORD]
     path = template.sharded_filepath(shard_index=0, num_shards=1)
     adapter.write_examples(path, enumerate(records))
@@ -112,7 +127,7 @@ def write_fake_cifar(
     rng = np.random.default_rng(seed)
     colours = rng.uniform(40.0, 215.0, size=(num_classes, 3))
     names = _label_names(num_classes)
-    features = _features(names)
+    features = _features(names, coarse=name == "cifar100")
     ds_dir = Path(data_dir) / name / version
     ds_dir.mkdir(parents=True, exist_ok=True)
     splits = {
@@ -131,3 +146,59 @@ def write_fake_cifar(
         supervised_keys=("image", "label"),
     )
     return splits
+
+
+ImageSplit = tuple[list[np.ndarray], np.ndarray, list[bytes]]
+
+
+def _jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PIL.Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+    return buffer.getvalue()
+
+
+def write_fake_imagenet(
+    data_dir: Path, labels: dict[str, list[int]], sizes: tuple[int, int] = (30, 60), seed: int = 0
+) -> dict[str, ImageSplit]:
+    """Write ``<data_dir>/imagenet2012/5.1.0/`` with one example per entry of ``labels[split]``.
+
+    Images are random noise JPEGs with two different sides drawn from ``sizes`` (inclusive),
+    landscape for even and portrait for odd positions. Returns
+    ``{split: (images, labels, jpegs)}`` in on-disk order; ``images`` are the decoded JPEGs.
+    """
+    from tensorflow_datasets.datasets.imagenet2012 import imagenet_common
+
+    rng = np.random.default_rng(seed)
+    features = tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(encoding_format="jpeg"),
+            "label": tfds.features.ClassLabel(names_file=imagenet_common.label_names_file()),
+            "file_name": tfds.features.Text(),
+        }
+    )
+    synset = features["label"].int2str
+    ds_dir = Path(data_dir) / "imagenet2012" / "5.1.0"
+    ds_dir.mkdir(parents=True, exist_ok=True)
+    written, split_infos = {}, []
+    for split, split_labels in labels.items():
+        sides = [np.sort(rng.choice(np.arange(sizes[0], sizes[1] + 1), 2, replace=False)) for _ in split_labels]
+        shapes = [pair if i % 2 else pair[::-1] for i, pair in enumerate(sides)]
+        jpegs = [_jpeg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+        examples = [
+            {"image": io.BytesIO(jpeg), "label": int(y), "file_name": f"{synset(y)}_{i}.JPEG"}
+            for i, (jpeg, y) in enumerate(zip(jpegs, split_labels))
+        ]
+        split_infos.append(_write_records(ds_dir, "imagenet2012", split, features, examples))
+        images = [np.asarray(PIL.Image.open(io.BytesIO(j)).convert("RGB")) for j in jpegs]
+        written[split] = (images, np.asarray(split_labels, np.int64), jpegs)
+    tfds.folder_dataset.write_metadata(
+        data_dir=ds_dir,
+        features=features,
+        split_infos=split_infos,
+        version="5.1.0",
+        filename_template=FILENAME_TEMPLATE,
+        check_data=False,
+        description="Tiny fake imagenet2012 for tests.",
+        supervised_keys=("image", "label"),
+    )
+    return written

@@ -84,6 +84,48 @@ def test_load_cifar100_fake(tmp_path):
     np.testing.assert_array_equal(np.bincount(np.asarray(ds.y_test)), np.ones(100))
 
 
+def _feature_kinds(features) -> dict[str, tuple[str, int | None]]:
+    return {k: (type(v).__name__, getattr(v, "num_classes", None)) for k, v in features.items()}
+
+
+def test_fake_cifar100_has_the_real_tfds_features(tmp_path):
+    import tensorflow_datasets as tfds
+
+    write_fake_cifar(tmp_path, name="cifar100", num_classes=100, train_per_class=1, test_per_class=1)
+    fake = tfds.data_source("cifar100:3.0.2", split="test", data_dir=tmp_path, download=False)
+    real = tfds.builder_cls("cifar100")(data_dir=tmp_path / "builder").info.features
+    assert _feature_kinds(fake.dataset_info.features) == _feature_kinds(real)
+    assert {"label", "coarse_label"} <= set(real)
+
+
+def test_cifar100_loads_the_fine_label_not_the_coarse_one(tmp_path):
+    import tensorflow_datasets as tfds
+
+    write_fake_cifar(tmp_path, name="cifar100", num_classes=100, train_per_class=1, test_per_class=1)
+    records = tfds.data_source("cifar100:3.0.2", split="test", data_dir=tmp_path, download=False)
+    fine = [r["label"] for r in records]
+    coarse = [r["coarse_label"] for r in records]
+    assert fine != coarse and max(coarse) == 19
+    _, labels = data.load_split("cifar100", "test", tmp_path)
+    np.testing.assert_array_equal(labels, fine)
+
+
+def test_cifar100_class_balanced_subset(tmp_path):
+    write_fake_cifar(tmp_path, name="cifar100", num_classes=100, train_per_class=3, test_per_class=1)
+    ds = data.load("cifar100", data_dir=tmp_path, train_size=150, seed=1)
+    np.testing.assert_array_equal(np.bincount(np.asarray(ds.y_train), minlength=100), [2] * 50 + [1] * 50)
+    x_full, y_full = data.load_split("cifar100", "train", tmp_path)
+    keep = data.balanced_subset(y_full, 150, 100, seed=1)
+    np.testing.assert_array_equal(np.asarray(ds.x_train), x_full[keep])
+
+
+def test_missing_cifar100(tmp_path):
+    write_fake_cifar(tmp_path)  # CIFAR-10 is there, CIFAR-100 is not
+    with pytest.raises(data.DataError) as err:
+        data.load("cifar100", data_dir=tmp_path)
+    _assert_one_line(err, "CIFAR-100 not found", str(tmp_path / "cifar100" / "3.0.2" / "dataset_info.json"))
+
+
 # ---------------------------------------------------------------- class-balanced subset
 
 
