@@ -10,7 +10,8 @@ and lowers the dead neuron rate.
 Differences from the official code (``resnet_20.py``), by design: AP prunes exactly
 ``round(ap_rate * N)`` weights (the code's ``<= sort(s)[k]`` takes k+1 and crashes when fewer
 than k+1 negatives are alive); the pool holds each prunable weight once (the code duplicates BN
-scales and fc weights); BN scales are not prunable by default.
+scales and fc weights); BN scales are not prunable by default (``mask_bn_scale=True`` makes them
+so). The official rules themselves are in ``ap_jax.official``.
 
 Ablation and substitution variants (paper §4; ``ap_prune(..., variant=...)``, ``--ap-variant``).
 Each is one score function in ``AP_VARIANTS``: its candidate weights get a finite score (lowest
@@ -128,6 +129,7 @@ def ap_prune(
     scope: str = "global",
     variant: str = "ap",
     key: jax.Array | None = None,
+    mask_bn_scale: bool = False,
 ) -> PyTree:
     """One X-then-AP pruning step (Algorithm 2 with Algorithm 1 as the AP metric).
 
@@ -138,8 +140,15 @@ def ap_prune(
     is emitted (eager calls only). ``rate`` and ``ap_rate`` may be traced scalars.
 
     ``variant`` (static under ``jit``) swaps AP's score for an ablation or substitution from
-    ``AP_VARIANTS``; ``key`` is the PRNG key ``"negative_random"`` needs.
+    ``AP_VARIANTS``; ``key`` is the PRNG key ``"negative_random"`` needs. ``mask_bn_scale`` makes
+    the leaves named ``scale`` (BatchNorm gamma) prunable too, as the official code does.
     """
+    if mask_bn_scale:
+        view = masks.scales_as_kernels
+        base = None if base_scores is None else view(base_scores)
+        pruned = ap_prune(view(mask), view(params), view(params_ref), rate, ap_rate, base, scope,
+                          variant, key)
+        return masks.restore_shapes(pruned, mask)
     _check_rates(rate, ap_rate)
     check_variant(variant)
     masks.check_match(params, mask)

@@ -18,9 +18,10 @@ import hashlib
 import json
 from typing import Any, Sequence
 
-from ap_jax import ap, methods, models
+from ap_jax import ap, methods, models, official
 from ap_jax.data import DATASETS
 from ap_jax.prune import SCOPES
+from ap_jax.train import LR_SCHEDULES
 
 
 def _field(default: Any, help: str, **extra: Any) -> Any:
@@ -61,6 +62,24 @@ class RunConfig:
     dnr_size: int = _field(2000, "fixed unaugmented training examples the DNR is measured on")
     eval_batch_size: int = _field(1000, "batch size for test accuracy and DNR counts")
     seed: int = _field(0, "seed for init, data order, subset and augmentation")
+    # The official AP code's quirks, one switch each (ap_jax.official; official.preset sets all).
+    init: str = _field("model", "initial weights: the model's own initializers, or the official code's "
+                       "xavier (Xavier-normal kernels, BN gamma ~ N(1, 0.02), dense bias ~ N(0, 1))",
+                       choices=official.INITS, added=True)
+    lr_schedule: str = _field("step", "LR schedule: step (warm-up, then drops at shares of the steps) or "
+                              "official (the AP code's; see ap_jax.train.official_lr_schedule)",
+                              choices=LR_SCHEDULES, added=True)
+    mask_bn_scale: bool = _field(False, "BatchNorm scales are prunable too (official code)", added=True)
+    prune_rule: str = _field("paper", "paper: exact counts, k smallest; official: X by |w| < percentile, "
+                             "AP k = floor(q * pool) and score <= sort[k] (k+1 weights)",
+                             choices=official.PRUNE_RULES, added=True)
+    duplicated_pool: bool = _field(False, "official rule's pool re-appends a weight tensor for every bias "
+                                   "(the official code's bug); needs --prune-rule official", added=True)
+    reinit: bool = _field(False, "every cycle after the first starts from a fresh random init (official "
+                          "--prune_type reinit); needs --method lth", added=True)
+    reapply_mask: bool = _field(True, "mask re-applied after every step, fresh optimizer per cycle; false: "
+                                "official (gradient zeroed at zero weights, momentum carried, pruned "
+                                "weights revive)", added=True)
 
     def __post_init__(self) -> None:
         check(self)
@@ -118,6 +137,11 @@ def check(cfg: RunConfig) -> None:
          f"--finetune-lr is used by --method finetune only, got {cfg.finetune_lr} with --method {cfg.method}"),
         (cfg.method != "oneshot" or cfg.ap_start_cycle == 0,
          f"--method oneshot prunes once, after cycle 0: --ap-start-cycle must be 0, got {cfg.ap_start_cycle}"),
+        (not cfg.duplicated_pool or cfg.prune_rule == "official",
+         f"--duplicated-pool needs --prune-rule official, got --prune-rule {cfg.prune_rule}"),
+        (cfg.prune_rule == "paper" or cfg.scope == "global",
+         f"--prune-rule official prunes globally, got --scope {cfg.scope}"),
+        (not cfg.reinit or cfg.method == "lth", f"--reinit needs --method lth, got --method {cfg.method}"),
     ]
     for ok, message in rules:
         if not ok:

@@ -22,6 +22,10 @@ so no data-loader state is needed. A row reaches ``metrics.jsonl`` only after th
 covering it is committed, so rows are never lost or duplicated. A NaN or inf training loss
 stops the run (``NonFiniteLoss``, naming cycle, epoch and step) with the last good checkpoint
 kept, unless ``RunOptions.skip_nonfinite`` skips such batches (counted in ``skipped_steps``).
+
+The official AP code's quirks (``init``, ``lr_schedule``, ``mask_bn_scale``, ``prune_rule``,
+``duplicated_pool``, ``reinit``, ``reapply_mask``) are config switches; ``ap_jax.official`` says
+what each does, how its two training phases per cycle map onto our one, and gives the preset.
 """
 
 from __future__ import annotations
@@ -38,13 +42,14 @@ import jax.numpy as jnp
 import optax
 from tqdm.auto import tqdm
 
-from ap_jax import ap, checkpoint, config, masks, methods, models, parallel, records, train
+from ap_jax import ap, checkpoint, config, masks, methods, models, official, parallel, records, train
 from ap_jax.config import RunConfig
 from ap_jax.data import Dataset
 
 PyTree = Any
 Row = dict[str, Any]
 PRUNE_STREAM = 1  # fold_in tag of the seed's key for pruning draws (the random AP variant)
+REINIT_STREAM = 2  # fold_in tag of the seed's key for the fresh inits of ``reinit``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,8 +86,11 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
     ap_rate = cfg.ap_rate if cycle >= cfg.ap_start_cycle else 0.0
     rate, ap_rate = methods.prune_rates(methods.get(cfg.method), cfg.rate, ap_rate, cfg.cycles)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), PRUNE_STREAM), cycle)
+    if cfg.prune_rule == "official":
+        return official.threshold_prune(mask, trained, cycle_start, rate, ap_rate, cfg.mask_bn_scale,
+                                        cfg.duplicated_pool, cfg.ap_variant, key)
     return ap.ap_prune(mask, trained, cycle_start, rate=rate, ap_rate=ap_rate, scope=cfg.scope,
-                       variant=cfg.ap_variant, key=key)
+                       variant=cfg.ap_variant, key=key, mask_bn_scale=cfg.mask_bn_scale)
 
 
 def evaluate(steps: train.Steps, state: train.TrainState, dataset: Dataset, cfg: RunConfig) -> dict[str, Any]:
@@ -150,15 +158,13 @@ class _Run:
         self.method = methods.get(cfg.method)
         self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints,
                                                rewind=self.method.start_from == "rewind")
-        model = build_model(cfg, dataset.num_classes)
+        model = self.model = build_model(cfg, dataset.num_classes)
         init_key, self.key = jax.random.split(jax.random.key(cfg.seed))
-        sample = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
-        variables = model.init(init_key, sample, train=False)
-        self.theta0 = self.store.init_variables(
-            {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})})
+        self.sample = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
+        self.theta0 = self.store.init_variables(self.initial_variables(init_key))
         self.steps_per_epoch = int(dataset.x_train.shape[0]) // cfg.batch_size
         self.last_cycle = methods.last_cycle(self.method, cfg.cycles)
-        schedules = {"replay": train.lr_schedule(cfg.optim(), cfg.epochs * self.steps_per_epoch),
+        schedules = {"replay": train.lr_schedule(cfg.optim(), cfg.epochs * self.steps_per_epoch, self.steps_per_epoch),
                      "constant": optax.constant_schedule(cfg.finetune_lr)}
         used = {methods.schedule_of(self.method, c) for c in range(self.last_cycle + 1)}
         # (tx, steps) per LR schedule some cycle uses, so a second compile happens only if needed
@@ -168,19 +174,31 @@ class _Run:
         self.rows: list[Row] = []
         self.started = time.perf_counter()
 
+    def initial_variables(self, key: jax.Array) -> PyTree:
+        """``{"params", "batch_stats"}`` drawn from ``key`` by the configured ``init``."""
+        variables = self.model.init(key, self.sample, train=False)
+        params = variables["params"]
+        if self.cfg.init == "xavier":
+            params = official.xavier_init(params, key)
+        return {"params": params, "batch_stats": variables.get("batch_stats", {})}
+
     def _trainer(self, model: nn.Module, dataset: Dataset, schedule: optax.Schedule):
         """The optimizer with LR ``schedule`` and its compiled steps."""
         tx = train.optimizer(self.cfg.optim(), schedule, self.theta0["params"])
         return tx, train.make_steps(model, tx, dataset.mean, dataset.std, augment=self.cfg.augment,
-                                    skip_nonfinite=self.options.skip_nonfinite, mesh=self.mesh)
+                                    skip_nonfinite=self.options.skip_nonfinite, mesh=self.mesh,
+                                    reapply_mask=self.cfg.reapply_mask)
 
     def trainer(self, cycle: int):
         """``(tx, steps)`` that cycle ``cycle`` trains with (its method's LR schedule)."""
         return self.trainers[methods.schedule_of(self.method, cycle)]
 
-    def fresh(self, start: PyTree, mask: PyTree, cycle: int) -> tuple[train.TrainState, PyTree]:
-        """Cycle ``cycle``'s first state and a copy of its start variables (AP's W_0)."""
-        state = train.fresh_state(start["params"], start["batch_stats"], mask, self.trainer(cycle)[0])
+    def fresh(self, start: PyTree, mask: PyTree, cycle: int,
+              momentum_from: Any = None) -> tuple[train.TrainState, PyTree]:
+        """Cycle ``cycle``'s first state and a copy of its start variables (AP's W_0); with
+        ``momentum_from`` (official semantics) the optimizer state carries that momentum."""
+        state = train.fresh_state(start["params"], start["batch_stats"], mask, self.trainer(cycle)[0],
+                                  momentum_from)
         return state, _variables(state)
 
     def resume(self, rows: list[Row]) -> tuple[int, int, train.TrainState, PyTree]:
@@ -245,16 +263,20 @@ class _Run:
         records.append_rows(self.metrics_path, pending)
         self.rows.extend(pending)
 
+    def counted(self, mask: PyTree) -> PyTree:
+        """``mask`` as the remaining shares count it: with BatchNorm scales when they are prunable."""
+        return masks.scales_as_kernels(mask) if self.cfg.mask_bn_scale else mask
+
     def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree) -> train.TrainState:
         """Epochs ``epoch..`` of ``cycle``, checkpointed every ``checkpoint_every`` and at the end."""
-        remaining, pending = float(masks.remaining(state.mask)), []
+        remaining, pending = float(masks.remaining(self.counted(state.mask))), []
         for epoch in range(epoch, self.cfg.epochs):
             state, row = self.train_epoch(state, cycle, epoch, remaining)
             pending.append(row)
             last = epoch == self.cfg.epochs - 1
             if last:
                 pending.append({**row, "kind": "cycle", "layer_remaining": {
-                    k: 1.0 - float(v) for k, v in masks.layer_sparsity(state.mask).items()}})
+                    k: 1.0 - float(v) for k, v in masks.layer_sparsity(self.counted(state.mask)).items()}})
             if last or (epoch + 1) % self.options.checkpoint_every == 0:
                 self.commit(cycle, epoch, state, start, pending)
                 pending = []
@@ -272,7 +294,11 @@ class _Run:
                 params, stats = methods.next_start(
                     self.method, (self.theta0["params"], self.theta0["batch_stats"]),
                     (state.params, state.batch_stats), rewind)
-                state, start = self.fresh({"params": params, "batch_stats": stats}, mask, cycle + 1)
+                if self.cfg.reinit:
+                    seed_key = jax.random.fold_in(jax.random.key(self.cfg.seed), REINIT_STREAM)
+                    params = self.initial_variables(jax.random.fold_in(seed_key, cycle + 1))["params"]
+                momentum = None if self.cfg.reapply_mask else state.opt_state
+                state, start = self.fresh({"params": params, "batch_stats": stats}, mask, cycle + 1, momentum)
                 epoch = 0
         return self.rows
 

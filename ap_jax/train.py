@@ -6,6 +6,11 @@ update, so momentum and weight decay can never revive it. Every reset builds a f
 state. Batches are gathered, augmented and normalised inside the compiled step from the uint8
 dataset that sits on the device (airbench style), so the host never stalls the step.
 
+``make_steps(..., reapply_mask=False)`` and ``fresh_state(..., momentum_from=...)`` give the
+official AP code's behaviour instead (``resnet_20.py:160, 268-273``, see ``ap_jax.official``): no mask in the
+forward pass or after updates, the gradient zeroed where a weight is exactly 0, and momentum
+carried across a prune, so just-pruned weights revive.
+
 Every step is compiled once for a 1-D ``('data',)`` device mesh (``ap_jax.parallel``), the same
 code for 1 and N devices: state and data replicated, the per-step index vector sharded, so the
 batch is split over devices and BatchNorm sees global-batch moments. Eval batches are gathered
@@ -58,16 +63,50 @@ class OptimConfig:
     lr_drops: tuple[float, ...] = (2 / 3, 5 / 6)  # as shares of the run's steps (LTH: 20k, 25k of 30k)
     lr_gamma: float = 0.1
     warmup_steps: int = 0
+    lr_schedule: str = "step"  # "official": the official AP code's schedule (official_lr_schedule)
 
 
-def lr_schedule(cfg: OptimConfig, total_steps: int) -> optax.Schedule:
-    """Piecewise-constant LR (÷ 1/gamma at each drop) after an optional linear warm-up."""
+LR_SCHEDULES = ("step", "official")
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int = 0) -> optax.Schedule:
+    """Piecewise-constant LR (÷ 1/gamma at each drop) after an optional linear warm-up.
+
+    ``cfg.lr_schedule == "official"`` gives ``official_lr_schedule`` instead (it needs
+    ``steps_per_epoch``).
+    """
+    if cfg.lr_schedule == "official":
+        return official_lr_schedule(cfg, total_steps, steps_per_epoch)
+    if cfg.lr_schedule != "step":
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     boundaries = {int(round(share * total_steps)): cfg.lr_gamma for share in cfg.lr_drops}
     decay = optax.piecewise_constant_schedule(cfg.lr, boundaries)
     if cfg.warmup_steps <= 0:
         return decay
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.join_schedules([warmup, lambda step: decay(step + cfg.warmup_steps)], [cfg.warmup_steps])
+
+
+def official_lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+    """The official AP code's LR (``resnet_20.py:37-39, 241-247``): ``lr * min(step + 1, warmup) / warmup``,
+    overwritten to ``lr * gamma^i`` from the epoch ``round(lr_drops[i] * epochs)`` on.
+
+    The warm-up adds ``lr / warmup`` before every step (so step 0 already has it) and is cut
+    short by the first drop when that comes earlier (official: 0.1/20000 per step, drops at
+    epochs 25 and 32 of 50, i.e. ``lr_drops=(0.5, 0.64)``). Drops fall on epoch boundaries.
+    """
+    if steps_per_epoch < 1 or total_steps % steps_per_epoch:
+        raise ValueError(f"the official LR schedule needs whole epochs: {total_steps} steps of "
+                         f"{steps_per_epoch} per epoch")
+    epochs = total_steps // steps_per_epoch
+    warmup = max(cfg.warmup_steps, 1)
+
+    def ramp(step: jax.Array) -> jax.Array:  # not optax.linear_schedule: it loses 1e-4 at step 0 in float32
+        return cfg.lr * jnp.minimum(step + 1, warmup).astype(jnp.float32) / warmup
+
+    drops = [optax.constant_schedule(cfg.lr * cfg.lr_gamma ** (i + 1)) for i in range(len(cfg.lr_drops))]
+    starts = [int(round(share * epochs)) * steps_per_epoch for share in cfg.lr_drops]
+    return optax.join_schedules([ramp, *drops], starts)
 
 
 def optimizer(cfg: OptimConfig, schedule: optax.Schedule, params: PyTree) -> optax.GradientTransformation:
@@ -79,18 +118,33 @@ def optimizer(cfg: OptimConfig, schedule: optax.Schedule, params: PyTree) -> opt
     )
 
 
-def fresh_state(params: PyTree, batch_stats: PyTree, mask: PyTree, tx: optax.GradientTransformation) -> TrainState:
+def fresh_state(params: PyTree, batch_stats: PyTree, mask: PyTree, tx: optax.GradientTransformation,
+                momentum_from: optax.OptState | None = None) -> TrainState:
     """A TrainState at step 0 with masked params and a new optimizer state.
 
+    With ``momentum_from`` (an earlier state of ``tx``) the optimizer state is a copy of it with
+    its step counts set to 0: the LR schedule restarts, the momentum carries over (official code).
     The state owns copies of its inputs, so the donating train step never deletes the caller's
     arrays (theta_0, the mask and the cycle-start weights are needed after training).
     """
     params = masks.apply(params, mask)
+    if momentum_from is None:
+        opt_state = tx.init(params)
+    else:
+        carried = jax.tree_util.tree_map(jnp.copy, momentum_from)
+        opt_state = optax.tree_utils.tree_set(carried, count=jnp.zeros((), jnp.int32))
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=jax.tree_util.tree_map(jnp.copy, batch_stats),
-        opt_state=tx.init(params), mask=jax.tree_util.tree_map(jnp.copy, mask),
+        opt_state=opt_state, mask=jax.tree_util.tree_map(jnp.copy, mask),
     )
+
+
+def zero_grads_at_zero_weights(grads: PyTree, params: PyTree) -> PyTree:
+    """``grads`` set to 0 wherever a PyTorch-``weight`` leaf (kernel, scale) is exactly 0: the
+    official code's freezing by value (``resnet_20.py:268-273``), which momentum can undo."""
+    return jax.tree_util.tree_map(lambda g, p, w: jnp.where(p == 0, 0.0, g) if w else g,
+                                  grads, params, masks.pytorch_weights(params))
 
 
 def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
@@ -119,6 +173,7 @@ class Steps:
 def make_steps(
     model: nn.Module, tx: optax.GradientTransformation, mean, std, augment: bool = True,
     skip_nonfinite: bool = False, mesh: Mesh | None = None, count_relu: bool = False,
+    reapply_mask: bool = True,
 ) -> Steps:
     """Build the jitted train step, the eval step (correct count) and the ReLU-count step.
 
@@ -129,6 +184,8 @@ def make_steps(
     back replicated on it. With ``count_relu`` the train step's metrics also hold
     ``"relu_counts"``: the ReLU counts of its (augmented, train-mode) batch, packed into one
     int32 vector by ``stats.pack_counts`` (``stats.unpack_counts`` restores the pytree).
+    With ``reapply_mask=False`` (official code) the mask is used nowhere: forward passes see the
+    raw params and the gradient is zeroed where a kernel or scale is exactly 0 instead.
     """
     mesh = parallel.resolve(mesh)
     rep, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -137,8 +194,11 @@ def make_steps(
     def gather(images, index):
         return jax.lax.with_sharding_constraint(images[index], split)
 
+    def masked(params, mask):
+        return masks.apply(params, mask) if reapply_mask else params
+
     def forward_train(params, state: TrainState, x):
-        variables = _variables(masks.apply(params, state.mask), state.batch_stats)
+        variables = _variables(masked(params, state.mask), state.batch_stats)
         logits, updates = model.apply(variables, x, train=True, mutable=collections)
         return logits, (updates.get("batch_stats", state.batch_stats), updates.get(stats.COLLECTION))
 
@@ -151,8 +211,10 @@ def make_steps(
             return loss, (logits, batch_stats)
 
         (loss, (logits, (batch_stats, counts))), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        if not reapply_mask:
+            grads = zero_grads_at_zero_weights(grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = masks.apply(optax.apply_updates(state.params, updates), state.mask)
+        params = masked(optax.apply_updates(state.params, updates), state.mask)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         if skip_nonfinite:
             keep = state.replace(step=state.step + 1)
@@ -167,7 +229,7 @@ def make_steps(
         return update(state, x_uint8, labels[index])
 
     def eval_variables(state: TrainState):
-        return _variables(masks.apply(state.params, state.mask), state.batch_stats)
+        return _variables(masked(state.params, state.mask), state.batch_stats)
 
     def correct(state: TrainState, images, labels, index):
         x = data.normalize(gather(images, index), mean, std)
