@@ -6,7 +6,7 @@ The grid is (part x arm x seed). A part is a network at a CPU-sized scale: ``mlp
 BatchNorm, the full training set) and ``resnet20`` (BatchNorm, a class-balanced 10k subset).
 An arm is one ``RunConfig`` variation of its part's base: X alone (``lth``), X+AP at q = 2 of
 p = 20 points (``lth+AP``), the AP share q at 1 and 4 points, the ablation and substitution
-variants of ``ap_jax.ap``, and, where ``ap_jax`` has them, the official code's semantics. Every
+variants of ``ap_jax.ap``, and the official code's semantics (``ap_jax.official``). Every
 run lives in ``<out>/runs/<part>/<arm>/seed_<s>/`` (``ap_jax.cycle`` run directories): a finished
 run is reused, an interrupted one resumes from its last checkpoint, so running the same command
 again continues the study where it stopped. ``--report`` (``ap_jax.report``) then reads the run
@@ -23,9 +23,9 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from ap_jax import checkpoint, config, cycle, data, parallel, records
+from ap_jax import checkpoint, config, cycle, data, official, parallel, records
 from ap_jax.config import RunConfig
 from experiments.compare_ap import DATA_NOTE, check_batch, check_out
 
@@ -40,8 +40,23 @@ PARTS: dict[str, RunConfig] = {
     "resnet20": RunConfig(model="resnet20", train_size=10_000, cycles=10, epochs=12, lr=0.1),
 }
 
-# arm -> overrides of the part's base config; "lth" is X alone, every other arm is paired with it.
-ARMS: dict[str, dict[str, Any]] = {
+TRAIN_EXAMPLES = 50_000  # CIFAR-10's training split, for parts that train on all of it
+OFFICIAL_WARMUP_SHARE = 20_000 / 39_100  # official warm-up steps / steps of one training (paper.md §5.2-3)
+
+
+def official_arm(ap_rate: float) -> Callable[[RunConfig], RunConfig]:
+    """The official code's semantics (``ap_jax.official.preset``) at the part's scale: its LR,
+    augmentation and training length kept, the warm-up the same share of a cycle's steps."""
+    def arm(base: RunConfig) -> RunConfig:
+        steps = base.epochs * ((base.train_size or TRAIN_EXAMPLES) // base.batch_size)
+        return official.preset(base, lr=base.lr, augment=base.augment, ap_rate=ap_rate,
+                               warmup_steps=max(1, round(OFFICIAL_WARMUP_SHARE * steps)))
+    return arm
+
+
+# arm -> overrides of the part's base config, or a function of it; "lth" is X alone, and every
+# other arm is paired with it seed by seed (the official arms with each other).
+ARMS: dict[str, dict[str, Any] | Callable[[RunConfig], RunConfig]] = {
     "lth": {"ap_rate": 0.0},
     "lth+AP": {"ap_rate": 0.02},
     "lth+AP_q1": {"ap_rate": 0.01},
@@ -50,6 +65,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "negative_random": {"ap_rate": 0.02, "ap_variant": "negative_random"},
     "change_all_signs": {"ap_rate": 0.02, "ap_variant": "change_all_signs"},
     "positive_change": {"ap_rate": 0.02, "ap_variant": "positive_change"},
+    "official": official_arm(0.0),
+    "official+AP": official_arm(0.02),
 }
 
 # Which arms each part runs: the MLP is cheap (~2.5 min a run), ResNet-20 is not (~1.2 h a run).
@@ -102,10 +119,15 @@ def grid(parts: list[str], seeds: list[int], overrides: dict[str, Any],
 
     ``arms`` replaces every part's own arm list (``PART_ARMS``) when given.
     """
-    return [
-        Job(part, arm, seed, dataclasses.replace(PARTS[part], **ARMS[arm], **overrides, seed=seed))
-        for part in parts for seed in seeds for arm in (arms or PART_ARMS[part])
-    ]
+    return [Job(part, arm, seed, arm_config(PARTS[part], arm, overrides, seed))
+            for part in parts for seed in seeds for arm in (arms or PART_ARMS[part])]
+
+
+def arm_config(base: RunConfig, arm: str, overrides: dict[str, Any], seed: int) -> RunConfig:
+    """One arm's config: the part's base with ``overrides`` and the seed, then the arm's change."""
+    cfg = dataclasses.replace(base, **overrides, seed=seed)
+    change = ARMS[arm]
+    return change(cfg) if callable(change) else dataclasses.replace(cfg, **change)
 
 
 def build_parser() -> argparse.ArgumentParser:

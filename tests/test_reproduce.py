@@ -21,6 +21,11 @@ def test_grid_order_and_pairing():
     assert (x.ap_rate, ap.ap_rate) == (0.0, 0.02) and x.seed == ap.seed == 1
     assert {k for k, v in x.to_dict().items() if ap.to_dict()[k] != v} == {"ap_rate"}
     assert by_arm[("mlp", "negative_random", 0)].ap_variant == "negative_random"
+    # the official semantics at the MLP's scale: warm-up the official 20k of 39.1k steps' share
+    off, off_ap = by_arm[("mlp", "official", 0)], by_arm[("mlp", "official+AP", 0)]
+    steps = off.epochs * (50_000 // off.batch_size)
+    assert off.warmup_steps == round(steps * 20_000 / 39_100) and (off.ap_rate, off_ap.ap_rate) == (0.0, 0.02)
+    assert off.prune_rule == "official" and off.reinit and not off.reapply_mask and off.lr == reproduce.PARTS["mlp"].lr
 
 
 def test_overrides_are_typed():
