@@ -258,3 +258,47 @@ def test_remaining_after_cycles_is_point_eight_to_the_c():
         mask = apj.ap.ap_prune(mask, params, jax.tree_util.tree_map(lambda x: 0.9 * x, params))
         alive = int(apj.masks.alive_count(mask))
         assert abs(alive - total * 0.8 ** c) <= c
+
+
+def test_special_scores_order_hand_worked():
+    """-inf, then numbers, -0.0 and subnormals tie with 0.0 (lower index first), NaNs, then +inf."""
+    tiny = np.float32(1e-45)
+    values = np.array([0.0, -0.0, -np.nan, np.nan, -np.inf, np.inf, tiny, -tiny, 1.0, -1.0], np.float32)
+    expected_order = [4, 9, 0, 1, 6, 7, 8, 2, 3, 5]
+    mask = {"k": jnp.ones((2, 5), bool)}
+    scores = {"k": jnp.asarray(values.reshape(2, 5))}
+    for count in range(len(values) + 1):
+        got = np.asarray(apj.prune.prune_count(mask, scores, count)["k"]).ravel()
+        want = np.ones(len(values), bool)
+        want[expected_order[:count]] = False
+        np.testing.assert_array_equal(got, want)
+
+
+def test_count_above_alive_prunes_every_alive_weight():
+    mask = {"k": jnp.array([[True, False, True], [True, True, False]])}
+    scores = {"k": jnp.array([[1.0, 0.0, np.inf], [2.0, 1.0, 5.0]])}
+    np.testing.assert_array_equal(apj.prune.prune_count(mask, scores, 10)["k"], np.zeros((2, 3), bool))
+    spared = apj.prune.prune_count(mask, scores, 10, spare_inf=True)["k"]
+    np.testing.assert_array_equal(spared, [[False, False, True], [False, False, False]])
+
+
+@pytest.mark.parametrize("scope", ["global", "layerwise"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_prune_leaves_bigger_than_a_chunk_match_numpy(scope, tied):
+    """Leaves of one chunk plus a tail, of exactly two chunks, and a small one, jitted."""
+    rng = np.random.default_rng(5)
+    shapes = [(300, 300), (256, 512), (3, 5)]
+    assert 300 * 300 > apj.prune.CHUNK and 256 * 512 == 2 * apj.prune.CHUNK
+    mask = {f"l{i}": jnp.asarray(rng.random(s) < 0.8) for i, s in enumerate(shapes)}
+
+    def score(shape):
+        values = rng.integers(0, 50, size=shape).astype(np.float32) if tied else rng.random(shape, np.float32)
+        values[rng.random(shape) < 0.05] = np.inf
+        return jnp.asarray(values)
+
+    scores = {f"l{i}": score(s) for i, s in enumerate(shapes)}
+    fn = jax.jit(apj.prune.prune, static_argnames="scope")
+    for fraction in (0.1, 0.5, 0.97):
+        got = prunable_np(fn(mask, scores, fraction, scope=scope))
+        for g, w in zip(got, np_prune(mask, scores, fraction, scope)):
+            np.testing.assert_array_equal(g, w)
