@@ -373,8 +373,13 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
               + (f"; in progress or missing: {', '.join(arm.incomplete)}" if arm.incomplete else "")
               for part, arms in parts.items() for name, arm in arms.items()]
     rel = _relative(report_path.parent, folder)
+    done = sum(len(arm.cycle_rows) for arms in parts.values() for arm in arms.values())
     lines = [
         "# Reproduction of AP's headline claims (small scale, CPU)",
+        "",
+        f"**Status: {done} of {len(jobs)} runs complete**"
+        + ("." if done == len(jobs) else "; the verdicts below use the complete runs only and will "
+           "change as the study finishes (rerun the command below to continue it)."),
         "",
         "Small-scale study: the networks, data sizes and epochs are cut to fit a 2-core CPU, so the "
         "paper's full-scale numbers are not expected; the sign and trend of each claim are. Means "
@@ -401,7 +406,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         "",
     ]
     if command:
-        lines.insert(3, f"Regenerate: `{command}`\n")
+        lines.insert(5, f"Regenerate (runs what is missing, then rewrites this file): `{command}`\n")
     report_path.write_text("\n".join(lines))
     return report_path
 

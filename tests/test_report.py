@@ -102,6 +102,7 @@ def test_written_report(study, tmp_path):
     out, jobs = study
     path = report.write(out, out / "REPRODUCTION.md", jobs, note="NOTE", command="python -m experiments.reproduce")
     text = path.read_text()
+    assert "**Status: 4 of 4 runs complete**." in text
     assert "NOTE" in text and "`python -m experiments.reproduce`" in text and "`abc123`" in text
     # per-cycle table: cycle 2, X accuracy 52.50 mean of .53 and .52
     assert "| 2 | 64.0 | 52.50 ± " in text
@@ -118,3 +119,11 @@ def test_incomplete_runs_are_listed_not_counted(study):
     parts = report.load_parts(out, jobs)
     assert sorted(parts["mlp"]["lth"].cycle_rows) == [1]
     assert parts["mlp"]["lth"].incomplete == ["seed 0: 1 of 3 cycles"]
+
+
+def test_partial_study_says_so(study):
+    out, jobs = study
+    (jobs[-1].run_dir(out) / "metrics.jsonl").write_text("")
+    text = report.write(out, out / "REPRODUCTION.md", jobs).read_text()
+    assert "**Status: 3 of 4 runs complete**; the verdicts below use the complete runs only" in text
+    assert "seed 1: 0 of 3 cycles" in text
