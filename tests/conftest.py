@@ -1,6 +1,21 @@
-"""Shared fixtures: one tiny CIFAR-10 in the real tfds on-disk format for the whole session."""
+"""Shared fixtures: one tiny CIFAR-10 in the real tfds on-disk format for the whole session.
 
+Compiled programs are cached on disk for the session (this process only; subprocess tests
+compile their own), so the many runs here that compile the same train step, such as the X and
+X+AP arms of one experiment, compile it once: about 3x faster for the experiment tests.
+"""
+
+import atexit
+import shutil
+import tempfile
+
+import jax
 import pytest
+
+_CACHE = tempfile.mkdtemp(prefix="ap_jax_test_jit_cache_")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 @pytest.fixture(scope="session")
