@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from ap_jax import ap, methods, models, official
 from ap_jax.data import DATASETS
 from ap_jax.prune import SCOPES
+from ap_jax.stream import IMAGE_SIZE, STREAMED
 from ap_jax.train import LR_SCHEDULES
 
 
@@ -34,8 +35,11 @@ class RunConfig:
 
     model: str = _field("mlp", "network", choices=models.names())
     shortcut: str = _field("B", "ResNet shortcut: A (zero-pad, He et al.) or B (1x1 conv, official AP code)", choices=("A", "B"))
-    dataset: str = _field("cifar10", "tfds dataset name", choices=tuple(DATASETS))
+    dataset: str = _field("cifar10", "tfds dataset name: on the device (CIFAR) or streamed (ImageNet)",
+                          choices=(*DATASETS, *STREAMED))
     train_size: int = _field(0, "class-balanced training subset size (0: the whole split)")
+    image_size: int = _field(0, f"side in pixels of a streamed dataset's crops (0: {IMAGE_SIZE}); CIFAR: "
+                             "0 only", added=True)
     method: str = _field("lth", "base pruning method X", choices=tuple(methods.METHODS))
     rewind_step: int = _field(0, "lth_rewind: rewind to the dense run's weights after this many steps "
                               "(0: not lth_rewind)", added=True)
@@ -121,6 +125,10 @@ def check(cfg: RunConfig) -> None:
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {cfg.eval_batch_size}"),
         (cfg.train_size >= 0, f"--train-size must be 0 (all) or positive, got {cfg.train_size}"),
+        (cfg.image_size >= 0, f"--image-size must be 0 (the dataset's) or positive, got {cfg.image_size}"),
+        (cfg.image_size == 0 or cfg.dataset in STREAMED,
+         f"--image-size is for the streamed datasets ({', '.join(STREAMED)}) only, got {cfg.image_size} "
+         f"with --dataset {cfg.dataset}"),
         (cfg.dnr_size >= 1, f"--dnr-size must be at least 1, got {cfg.dnr_size}"),
         (cfg.lr > 0, f"--lr must be positive, got {cfg.lr}"),
         (cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}"),

@@ -15,6 +15,11 @@ site, and wall seconds. The DNR is measured after every epoch with BatchNorm in 
 first ``dnr_size`` training examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
 
+The data is CIFAR on the device or ImageNet streamed from the host (``ap_jax.stream``); the run
+sees either through an ``ap_jax.feeds.Feed`` (training epochs, test accuracy, DNR inputs), so
+everything here holds for both, rewinding included. Streamed DNR inputs are the eval views
+(resize + centre crop) of the first ``dnr_size`` training examples.
+
 Runs survive being killed at any moment (see ``ap_jax.checkpoint`` for what is saved when):
 rerunning resumes from the newest committed checkpoint and ends bitwise where an uninterrupted
 run would, because everything random is a ``fold_in`` of the seed's key (cycle, epoch, step),
@@ -42,9 +47,8 @@ import jax.numpy as jnp
 import optax
 from tqdm.auto import tqdm
 
-from ap_jax import ap, checkpoint, config, masks, methods, models, official, parallel, records, train
+from ap_jax import ap, checkpoint, config, feeds, masks, methods, models, official, parallel, records, train
 from ap_jax.config import RunConfig
-from ap_jax.data import Dataset
 
 PyTree = Any
 Row = dict[str, Any]
@@ -71,8 +75,9 @@ class NonFiniteLoss(RuntimeError):
 
 
 def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
-    """The configured network (the shortcut option applies to ResNets only)."""
-    options = {"shortcut": cfg.shortcut} if cfg.model.startswith("resnet") else {}
+    """The configured network (the shortcut option applies to the CIFAR ResNets only)."""
+    cifar_resnet = cfg.model.startswith("resnet") and cfg.model != "resnet50"
+    options = {"shortcut": cfg.shortcut} if cifar_resnet else {}
     return models.get(cfg.model, num_classes=num_classes, **options)
 
 
@@ -93,11 +98,11 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
                        variant=cfg.ap_variant, key=key, mask_bn_scale=cfg.mask_bn_scale)
 
 
-def evaluate(steps: train.Steps, state: train.TrainState, dataset: Dataset, cfg: RunConfig) -> dict[str, Any]:
+def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig) -> dict[str, Any]:
     """Test accuracy (every test example) and DNR on the fixed training subset."""
-    dnr = train.dead_neuron_rate(steps, state, dataset.x_train[: cfg.dnr_size], cfg.eval_batch_size)
+    dnr = train.dead_neuron_rate(steps, state, feed.dnr_inputs, cfg.eval_batch_size)
     return {
-        "test_accuracy": train.accuracy(steps, state, dataset.x_test, dataset.y_test, cfg.eval_batch_size),
+        "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size),
         "dnr": dnr["overall"],
         "dnr_per_layer": dnr["per_layer"],
     }
@@ -149,26 +154,26 @@ def _variables(state: train.TrainState) -> PyTree:
 class _Run:
     """One run's fixed parts (config, compiled steps, checkpoints) and its written rows."""
 
-    def __init__(self, cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str, options: RunOptions):
+    def __init__(self, cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str,
+                 options: RunOptions):
         self.cfg, self.options, self.label = cfg, options, label
         self.mesh = parallel.make_mesh(options.devices)
-        arrays = {k: getattr(dataset, k) for k in ("x_train", "y_train", "x_test", "y_test")}
-        self.dataset = dataclasses.replace(dataset, **parallel.replicate(arrays, self.mesh))  # once, not per epoch
+        feed = self.feed = feeds.make_feed(dataset, cfg, self.mesh)
         self.metrics_path = run_dir / "metrics.jsonl"
         self.method = methods.get(cfg.method)
         self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints,
                                                rewind=self.method.start_from == "rewind")
-        model = self.model = build_model(cfg, dataset.num_classes)
+        model = self.model = build_model(cfg, feed.num_classes)
         init_key, self.key = jax.random.split(jax.random.key(cfg.seed))
-        self.sample = jnp.zeros((1, *dataset.x_train.shape[1:]), jnp.float32)
+        self.sample = jnp.zeros((1, *feed.image_shape), jnp.float32)
         self.theta0 = self.store.init_variables(self.initial_variables(init_key))
-        self.steps_per_epoch = int(dataset.x_train.shape[0]) // cfg.batch_size
+        self.steps_per_epoch = feed.num_train // cfg.batch_size
         self.last_cycle = methods.last_cycle(self.method, cfg.cycles)
         schedules = {"replay": train.lr_schedule(cfg.optim(), cfg.epochs * self.steps_per_epoch, self.steps_per_epoch),
                      "constant": optax.constant_schedule(cfg.finetune_lr)}
         used = {methods.schedule_of(self.method, c) for c in range(self.last_cycle + 1)}
         # (tx, steps) per LR schedule some cycle uses, so a second compile happens only if needed
-        self.trainers = {name: self._trainer(model, dataset, schedules[name]) for name in sorted(used)}
+        self.trainers = {name: self._trainer(model, feed, schedules[name]) for name in sorted(used)}
         self.tx, self.steps = self.trainers["replay"]  # cycle 0's; the steps evaluate every cycle
         self.rewind: PyTree | None = None  # the dense run's variables at step rewind_step, once reached
         self.rows: list[Row] = []
@@ -182,10 +187,10 @@ class _Run:
             params = official.xavier_init(params, key)
         return {"params": params, "batch_stats": variables.get("batch_stats", {})}
 
-    def _trainer(self, model: nn.Module, dataset: Dataset, schedule: optax.Schedule):
-        """The optimizer with LR ``schedule`` and its compiled steps."""
+    def _trainer(self, model: nn.Module, feed: feeds.Feed, schedule: optax.Schedule):
+        """The optimizer with LR ``schedule`` and its compiled steps (augmenting only for on-device data)."""
         tx = train.optimizer(self.cfg.optim(), schedule, self.theta0["params"])
-        return tx, train.make_steps(model, tx, dataset.mean, dataset.std, augment=self.cfg.augment,
+        return tx, train.make_steps(model, tx, feed.mean, feed.std, augment=feed.augment_on_device,
                                     skip_nonfinite=self.options.skip_nonfinite, mesh=self.mesh,
                                     reapply_mask=self.cfg.reapply_mask)
 
@@ -227,10 +232,10 @@ class _Run:
 
     def train_epoch(self, state: train.TrainState, cycle: int, epoch: int, remaining: float):
         """Train one epoch and measure it: the new state and its ``kind="epoch"`` row."""
-        state, fit = train.train_epoch(self.trainer(cycle)[1], state, self.dataset, self.cfg.batch_size,
-                                       jax.random.fold_in(self.key, cycle), epoch,
-                                       desc=f"cycle {cycle} epoch {epoch}",
-                                       after_step=self.rewind_hook(cycle, epoch))
+        state, fit = self.feed.train_epoch(self.trainer(cycle)[1], state, self.cfg.batch_size,
+                                           jax.random.fold_in(self.key, cycle), epoch,
+                                           desc=f"cycle {cycle} epoch {epoch}",
+                                           after_step=self.rewind_hook(cycle, epoch))
         bad = fit.pop("nonfinite_steps")
         if bad and not self.options.skip_nonfinite:
             raise NonFiniteLoss(
@@ -239,7 +244,7 @@ class _Run:
                 "the last good checkpoint is kept: lower --lr, or pass --skip-nonfinite to skip such batches")
         return state, {"kind": "epoch", "cycle": cycle, "epoch": epoch, "step": int(state.step),
                        "remaining": remaining, **fit, "skipped_steps": len(bad),
-                       **evaluate(self.steps, state, self.dataset, self.cfg),
+                       **evaluate(self.steps, state, self.feed, self.cfg),
                        "wall_s": time.perf_counter() - self.started}
 
     def rewind_hook(self, cycle: int, epoch: int):
@@ -303,9 +308,12 @@ class _Run:
         return self.rows
 
 
-def run(cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str = "",
+def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "",
         options: RunOptions = RunOptions()) -> list[Row]:
     """Run every cycle of ``cfg`` into ``run_dir`` and return its rows.
+
+    ``dataset`` is what ``feeds.load`` returns: a ``data.Dataset`` (CIFAR, on the device) or a
+    ``stream.StreamedDataset`` (ImageNet, streamed).
 
     A run directory whose ``metrics.jsonl`` is already complete for this config is reused as it
     is; an incomplete one resumes from its newest readable checkpoint. A directory of another
@@ -313,7 +321,7 @@ def run(cfg: RunConfig, dataset: Dataset, run_dir: Path, label: str = "",
     ``rewind_step`` past the steps of a cycle a ``ValueError``, before anything is written.
     """
     jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
-    if problem := check_rewind_step(cfg, int(dataset.x_train.shape[0])):
+    if problem := check_rewind_step(cfg, dataset.num_train):
         raise ValueError(problem)
     check_run_dir(run_dir, cfg)
     rows = records.read_rows(run_dir / "metrics.jsonl")

@@ -74,6 +74,10 @@ class Dataset:
     std: RGB
     name: str
 
+    @property
+    def num_train(self) -> int:
+        return int(self.x_train.shape[0])
+
 
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(str(text).split())

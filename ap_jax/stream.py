@@ -14,6 +14,9 @@ Finding them needs every label of a split: the first use reads the whole split o
 train split a pass over all its files) and caches the labels as ``.npy`` under ``cache_dir``
 (default ``$XDG_CACHE_HOME/ap_jax``, else ``~/.cache/ap_jax``), keyed by the split's files.
 Missing data raises the same one-line :class:`ap_jax.data.DataError` as CIFAR.
+:func:`load` opens a dataset for the pruning driver as a :class:`StreamedDataset`: the train
+split (``train_size``: a class-balanced subset drawn as for CIFAR, from the cached labels) and the
+validation split as its test set; ``ap_jax.feeds`` trains and evaluates on it.
 
 **Order.** Epoch ``e`` of key ``k`` splits ``fold_in(k, e)`` into an order key and an
 augmentation key, as ``train.train_epoch`` does for CIFAR; the order is ``data.epoch_order``
@@ -352,16 +355,76 @@ def device_batches(
 
 def stream(
     split: Split, batch_size: int, key: jax.Array, epoch: int, *, train: bool, mesh: Mesh | None = None,
-    size: int = IMAGE_SIZE, workers: int | None = None, prefetch: int = 2,
+    size: int = IMAGE_SIZE, workers: int | None = None, prefetch: int = 2, augment: bool = True,
 ) -> Iterator[tuple[jax.Array, jax.Array]]:
     """One epoch of ``split`` as device batches on ``mesh``: the plan, the host pipeline, prefetch.
 
-    Feed it to ``train.train_stream_epoch`` (train) or ``train.stream_accuracy`` (eval).
+    Feed it to ``train.train_stream_epoch`` (train) or ``train.stream_accuracy`` (eval). A train
+    epoch with ``augment=False`` keeps the train order but shows each example's eval view.
     """
     mesh = parallel.resolve(mesh)
     parallel.check_batch_size(batch_size, mesh)
     plan = epoch_plan(len(split), batch_size, key, epoch, train)
-    host = host_batches(split, plan, train=train, augment_key=epoch_keys(key, epoch)[1] if train else None,
+    views = train and augment
+    host = host_batches(split, plan, train=views, augment_key=epoch_keys(key, epoch)[1] if views else None,
                         size=size, rows=parallel.process_rows(batch_size, mesh), workers=workers,
                         prefetch=prefetch)
     return device_batches(host, batch_size, mesh)
+
+
+def eval_images(split: Split, count: int, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The eval views of the split's first ``count`` examples, uint8 (count, size, size, 3).
+
+    The fixed inputs the DNR is measured on (``ap_jax.feeds``): read once, kept on the host.
+    """
+    [(images, _)] = list(host_batches(split, np.arange(count)[None], train=False, size=size))
+    return images
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamedDataset:
+    """A streamed dataset's training split (maybe a class-balanced subset) and its test split.
+
+    The counterpart of ``data.Dataset`` for ``cycle.run``: the splits are opened, not read.
+    """
+
+    train: Split
+    test: Split
+    num_classes: int
+    mean: data.RGB
+    std: data.RGB
+    name: str
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train)
+
+
+def subset(split: Split, size: int, num_classes: int, seed: int, cache_dir: Path) -> Split:
+    """``split`` cut to a class-balanced subset of ``size`` examples, as ``data.load`` cuts CIFAR.
+
+    Needs every label of the split: read once, then kept in ``cache_dir`` (see :func:`split_labels`).
+    """
+    try:
+        labels = split_labels(split.records, split.ds_dir, split.split, cache_dir)[split.ids]
+    except Exception as err:  # tfds / array_record raise many unrelated types
+        raise data.unreadable(split.title, split.split, split.ds_dir, err) from err
+    return dataclasses.replace(split, ids=split.ids[data.balanced_subset(labels, size, num_classes, seed)])
+
+
+def load(
+    name: str, data_dir: str | os.PathLike[str] | None = None, train_size: int | None = None, seed: int = 0,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> StreamedDataset:
+    """Open streamed dataset ``name``: its ``train`` split (optionally a class-balanced subset of
+    ``train_size``, drawn with ``seed``) and its ``validation`` split as the test set.
+
+    Missing or unreadable data raises the one-line ``data.DataError`` (as ``data.load``).
+    """
+    entry = stream_spec(name)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    train = open_split(name, "train", data_dir, cache)
+    if train_size is not None:
+        train = subset(train, train_size, entry.num_classes, seed, cache)
+    return StreamedDataset(train=train, test=open_split(name, "validation", data_dir, cache),
+                           num_classes=entry.num_classes, mean=entry.mean, std=entry.std, name=name)

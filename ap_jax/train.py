@@ -320,15 +320,18 @@ def _fit_summary(losses: list[jax.Array], accs: list[jax.Array]) -> dict[str, An
 
 def train_stream_epoch(
     steps: Steps, state: TrainState, batches: Iterable[tuple[jax.Array, jax.Array]], desc: str = "",
+    after_step: Callable[[int, TrainState], None] | None = None,
 ) -> tuple[TrainState, dict[str, Any]]:
     """One epoch over device batches ``(x uint8, y int32)``, e.g. from ``stream.stream``.
 
     The counterpart of :func:`train_epoch` for data too large for the device: the batches come
-    augmented from the host, and the summary is the same as :func:`train_epoch`'s.
+    augmented from the host, and ``after_step`` and the summary are as in :func:`train_epoch`.
     """
     losses, accs = [], []
-    for x, y in tqdm(batches, desc=desc, leave=False, disable=None):
+    for i, (x, y) in enumerate(tqdm(batches, desc=desc, leave=False, disable=None)):
         state, metrics = steps.train_batch(state, x, y)
+        if after_step is not None:
+            after_step(i + 1, state)
         losses.append(metrics["loss"])
         accs.append(metrics["accuracy"])
     return state, _fit_summary(losses, accs)

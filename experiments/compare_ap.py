@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from ap_jax import checkpoint, config, cycle, data, parallel, plots, records
+from ap_jax import checkpoint, config, cycle, data, feeds, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 
 NAME = "compare_ap"
@@ -110,7 +110,7 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
         f"AP share q = {cfg.ap_rate}, training examples: {size}, seed {cfg.seed}. "
         "The paper reports +3 to 4 points for X+AP over X on CIFAR (abstract; per-table numbers "
         "not recovered), at full-scale training.",
-        DATA_NOTE,
+        *([DATA_NOTE] if cfg.dataset == "cifar10" else []),
         "",
         plots.comparison_table(cycle_rows),
         "",
@@ -154,7 +154,7 @@ def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
     return None
 
 
-def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: data.Dataset) -> dict[str, list[dict]]:
+def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: feeds.AnyDataset) -> dict[str, list[dict]]:
     """Both arms into ``root/<arm>/seed_<s>/`` (finished arms reused, unfinished ones resumed)."""
     options = cycle.RunOptions(checkpoint_every=args.checkpoint_every,
                                keep_checkpoints=args.keep_checkpoints, skip_nonfinite=args.skip_nonfinite,
@@ -177,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     try:
         check_out(root)
-        dataset = data.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
+        dataset = feeds.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
     except data.DataError as err:
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot write to {root}: {err}; pass a writable --out")
-    if problem := check_batch(cfg, int(dataset.x_train.shape[0]), devices) or \
-            cycle.check_rewind_step(cfg, int(dataset.x_train.shape[0])):
+    if problem := check_batch(cfg, dataset.num_train, devices) or \
+            cycle.check_rewind_step(cfg, dataset.num_train):
         parser.error(problem)
     try:
         cycle.check_run_dir(root, cfg)

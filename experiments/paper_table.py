@@ -22,7 +22,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ap_jax import checkpoint, cycle, data, parallel, records
+from ap_jax import checkpoint, cycle, data, feeds, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 from experiments.compare_ap import DATA_NOTE, check_batch, check_out
 
@@ -191,9 +191,10 @@ def cycle_wall_seconds(rows: list[dict]) -> list[float]:
     return list(np.diff([0.0, *ends]))
 
 
-def load_data(cfg: RunConfig, data_dir: str | None, seed: int) -> data.Dataset:
-    """The table's dataset; a class-balanced training subset depends on the seed."""
-    return data.load(cfg.dataset, data_dir, train_size=cfg.train_size or None, seed=seed)
+def load_data(cfg: RunConfig, data_dir: str | None, seed: int) -> feeds.AnyDataset:
+    """The table's dataset (CIFAR on the device, ImageNet streamed); a class-balanced training
+    subset depends on the seed."""
+    return feeds.load(cfg.dataset, data_dir, train_size=cfg.train_size or None, seed=seed)
 
 
 def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
@@ -211,7 +212,7 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot write to {root}: {err}; pass a writable --out")
-    if problem := check_batch(cfg, int(next(iter(datasets.values())).x_train.shape[0]), devices):
+    if problem := check_batch(cfg, next(iter(datasets.values())).num_train, devices):
         parser.error(problem)
     options = cycle.RunOptions(devices=devices)
     results: dict[str, dict[str, list[list[dict]]]] = {}

@@ -55,6 +55,8 @@ def snapshot(root):
     (["--checkpoint-every", "0"], "argument --checkpoint-every: must be at least 1, got 0"),
     (["--batch-size", "500"], "--batch-size 500 exceeds the 100 training examples; pass at most 100"),
     (["--train-size", "5"], "train_size=5 is out of range: need 10 <= train_size <= 120"),
+    (["--image-size", "64"], "--image-size is for the streamed datasets (imagenet2012, imagenet200) only, "
+                             "got 64 with --dataset cifar10"),
 ])
 def test_bad_flag(flags, message, fake_data, tmp_path, capsys):
     line = error_line(capsys, *TINY, "--train-size", "100", "--data-dir", fake_data, "--out", tmp_path / "o", *flags)

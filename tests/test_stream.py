@@ -321,6 +321,17 @@ def test_batch_step_equals_the_index_step_without_device_augmentation():
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_after_step_sees_each_streamed_step_once_with_its_state():
+    _, _, state, steps = _setup(8)
+    rng = np.random.default_rng(0)
+    mesh = parallel.resolve(None)
+    batches = [(parallel.shard_batch(rng.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8), mesh),
+                parallel.shard_batch(rng.integers(0, 1000, 4).astype(np.int32), mesh)) for _ in range(3)]
+    seen = []
+    state, _ = train.train_stream_epoch(steps, state, batches, after_step=lambda n, s: seen.append((n, int(s.step))))
+    assert seen == [(1, 1), (2, 2), (3, 3)] and int(state.step) == 3
+
+
 def test_one_streamed_epoch_trains_and_eval_counts_only_the_real_examples(fake, train_split, tmp_path):
     _, _, state, steps = _setup(16)
     batches = stream.stream(train_split, 4, jax.random.key(0), 0, train=True, size=16, workers=2)

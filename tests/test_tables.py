@@ -10,7 +10,7 @@ import pytest
 from ap_jax import records, train
 from experiments import paper_table
 
-MODULES = ["table1", "table2", "table3", "table4", "table6"]
+MODULES = ["table1", "table2", "table3", "table4", "table5", "table6"]
 
 
 @pytest.mark.parametrize("name", MODULES)
