@@ -196,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         from ap_jax import report  # matplotlib only once there is something to report
 
         path = report.write(out, Path(args.report_path), jobs, note=DATA_NOTE,
-                            command=" ".join(["python -m experiments.reproduce", *(argv or sys.argv[1:])]))
+                            command=" ".join(["python -m experiments.reproduce",
+                                             *(a for a in (argv or sys.argv[1:]) if a != "--report")]))
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
