@@ -91,6 +91,13 @@ def arm_configs(cfg: RunConfig) -> dict[str, RunConfig]:
     return {cfg.method: dataclasses.replace(cfg, ap_rate=0.0), f"{cfg.method}+AP": cfg}
 
 
+def pruning(cfg: RunConfig) -> str:
+    """How the run prunes, in words: iterative cycles, or one-shot to the same final share."""
+    if cfg.method == "oneshot":
+        return f"one prune after the dense run to {100 * (1 - cfg.rate) ** cfg.cycles:.1f} % remaining"
+    return f"{cfg.cycles} cycles of p = {cfg.rate}"
+
+
 def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     """Write ``report.md`` and ``report.png`` in ``root`` (process 0 only) and return the Markdown.
 
@@ -106,7 +113,7 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     text = "\n".join([
         f"# {title}",
         "",
-        f"Small-scale run: {cfg.epochs} epochs per cycle, {cfg.cycles} cycles of p = {cfg.rate}, "
+        f"Small-scale run: {cfg.epochs} epochs per cycle, {pruning(cfg)}, "
         f"AP share q = {cfg.ap_rate}, training examples: {size}, seed {cfg.seed}. "
         "The paper reports +3 to 4 points for X+AP over X on CIFAR (abstract; per-table numbers "
         "not recovered), at full-scale training.",

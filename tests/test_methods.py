@@ -237,3 +237,11 @@ def test_run_rejects_a_rewind_step_past_the_cycle_before_writing(dataset, tmp_pa
     with pytest.raises(ValueError, match=r"--rewind-step 1 must be in \[1, 1\)"):
         cycle.run(cfg, dataset, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_report_describes_oneshot_as_one_prune():
+    from experiments import compare_ap
+
+    assert compare_ap.pruning(config.RunConfig(method="oneshot", cycles=3)) == \
+        "one prune after the dense run to 51.2 % remaining"  # 0.8 ** 3
+    assert compare_ap.pruning(config.RunConfig(cycles=3)) == "3 cycles of p = 0.2"
