@@ -7,6 +7,7 @@ X+AP arms of one experiment, compile it once: about 3x faster for the experiment
 
 import atexit
 import shutil
+import signal
 import tempfile
 
 import jax
@@ -16,6 +17,10 @@ _CACHE = tempfile.mkdtemp(prefix="ap_jax_test_jit_cache_")
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+# The Ctrl-C tests send SIGINT to this process; a shell that started the suite in the background
+# leaves SIGINT ignored, so put Python's own handler back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
