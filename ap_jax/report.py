@@ -406,7 +406,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         "",
     ]
     if command:
-        lines.insert(5, f"Regenerate (runs what is missing, then rewrites this file): `{command}`\n")
+        lines[3:3] = ["", f"Regenerate (runs what is missing, then rewrites this file): `{command}`"]
     report_path.write_text("\n".join(lines))
     return report_path
 
