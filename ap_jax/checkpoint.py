@@ -100,15 +100,7 @@ class RunCheckpoints:
         if self.theta0.latest_step() is None:
             self._save(self.theta0, 0, init=ocp.args.StandardSave(variables))
             return variables
-        try:
-            restored = self.theta0.restore(0, args=ocp.args.Composite(
-                init=ocp.args.StandardRestore(_abstract(variables))))
-        except Exception as err:
-            raise CheckpointError(
-                f"theta_0 in {self.theta0.directory} is unreadable ({one_line(err)}); delete "
-                f"{self.run_dir} to start this run again"
-            ) from err
-        return restored.init
+        return self._restore(self.theta0, 0, "init", variables, "theta_0")
 
     def save_rewind(self, step: int, variables: PyTree) -> None:
         """The variables after ``step`` training steps of cycle 0 (kept as they are if already saved)."""
@@ -120,15 +112,21 @@ class RunCheckpoints:
         step = self.rewind.latest_step()
         if step is None:
             return None
+        return self._restore(self.rewind, step, "rewind", template, "the rewind point")
+
+    def _restore(self, manager: ocp.CheckpointManager, step: int, item: str, template: PyTree,
+                 what: str) -> PyTree:
+        """Item ``item`` of checkpoint ``step``, shaped like ``template``; a ``CheckpointError``
+        naming ``what`` if it cannot be read (nothing else can replace it)."""
         try:
-            restored = self.rewind.restore(step, args=ocp.args.Composite(
-                rewind=ocp.args.StandardRestore(_abstract(template))))
+            restored = manager.restore(step, args=ocp.args.Composite(
+                **{item: ocp.args.StandardRestore(_abstract(template))}))
         except Exception as err:
             raise CheckpointError(
-                f"the rewind point in {self.rewind.directory} is unreadable ({one_line(err)}); delete "
+                f"{what} in {manager.directory} is unreadable ({one_line(err)}); delete "
                 f"{self.run_dir} to start this run again"
             ) from err
-        return restored.rewind
+        return restored[item]
 
     def save_cycle(self, cycle: int, mask: PyTree, start: PyTree, end: PyTree) -> None:
         """Cycle ``cycle``'s mask and start and end variables (kept as they are if already saved)."""

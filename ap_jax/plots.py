@@ -20,20 +20,14 @@ Rows = Sequence[Mapping[str, Any]]
 def comparison_figure(arms: Mapping[str, Rows], path: Path, title: str = "") -> None:
     """Two panels, test accuracy and DNR against remaining weights (log axis, sparser to the right)."""
     fig, (acc_ax, dnr_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    levels = sorted({round(100 * r["remaining"], 1) for rows in arms.values() for r in rows}, reverse=True)
     for label, rows in arms.items():
         remaining = [100 * r["remaining"] for r in rows]
         acc_ax.plot(remaining, [100 * r["test_accuracy"] for r in rows], marker="o", label=label)
         dnr_ax.plot(remaining, [100 * r["dnr"] for r in rows], marker="o", label=label)
+    remaining = [100 * r["remaining"] for rows in arms.values() for r in rows]
     for ax, ylabel in ((acc_ax, "test accuracy (%)"), (dnr_ax, "dead neuron rate (%)")):
-        ax.set_xscale("log")
-        ax.set_xticks(levels[::2])
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
-        ax.invert_xaxis()
-        ax.set_xlabel("remaining prunable weights (%)")
+        _log_remaining_axis(ax, remaining)
         ax.set_ylabel(ylabel)
-        ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     if title:
         fig.suptitle(title)
@@ -65,7 +59,7 @@ def comparison_table(arms: Mapping[str, Rows]) -> str:
 def _log_remaining_axis(ax: plt.Axes, remaining_pct: Sequence[float]) -> None:
     """Remaining weights on a log axis, sparser to the right, ticks at every other level."""
     ax.set_xscale("log")
-    ax.set_xticks(sorted(remaining_pct, reverse=True)[::2])
+    ax.set_xticks(sorted({round(r, 1) for r in remaining_pct}, reverse=True)[::2])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.invert_xaxis()

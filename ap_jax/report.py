@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -413,6 +414,4 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
 
 def _relative(start: Path, target: Path) -> str:
     """``target`` relative to ``start`` for Markdown links (both may be relative paths)."""
-    import os
-
     return Path(os.path.relpath(target.resolve(), start.resolve())).as_posix()

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ap_jax import checkpoint, config, cycle, data, official, parallel, records
+from ap_jax import checkpoint, config, cycle, data, feeds, official, parallel, records
 from ap_jax.config import RunConfig
 from experiments.compare_ap import DATA_NOTE, check_batch, check_out
 
@@ -160,12 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, devices: int) -> Iterator[Job]:
     """Run (or reuse, or resume) every job in order, loading each dataset variant once."""
-    datasets: dict[tuple[str, int, int], data.Dataset] = {}
+    datasets: dict[tuple[str, int, int], feeds.AnyDataset] = {}
     options = cycle.RunOptions(devices=devices)
     for i, job in enumerate(jobs):
         key = (job.cfg.dataset, job.cfg.train_size, job.cfg.seed if job.cfg.train_size else 0)
         if key not in datasets:
-            datasets[key] = data.load(job.cfg.dataset, data_dir, train_size=job.cfg.train_size or None,
+            datasets[key] = feeds.load(job.cfg.dataset, data_dir, train_size=job.cfg.train_size or None,
                                       seed=job.cfg.seed)
         dataset = datasets[key]
         if problem := check_batch(job.cfg, int(dataset.x_train.shape[0]), devices):
