@@ -12,10 +12,11 @@ What: :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated``
 ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``). On the fast path it is a
 ``jax.custom_vjp`` with the same forward convolution and this backward pass:
 
-* weight gradient: the batch is split into chunks of :data:`CHUNK` examples and a ``lax.scan``
-  sums ``lax``'s own weight gradient over the chunks. The scan's operands are materialised once
-  in the natural NHWC layout (producers cannot fuse across the loop), and each chunk's
-  transposes are small enough to stay in cache;
+* weight gradient: the batch is split into chunks and a ``lax.scan`` sums each chunk's
+  gradient, an im2col GEMM (patches ``(rows, kh*kw*C_in)`` transposed times the output gradient
+  ``(rows, C_out)``). The scan's operands are materialised once in the natural NHWC layout
+  (producers cannot fuse across the loop), and :func:`chunk_size` sizes a chunk so that its
+  patches (at most :data:`PATCH_BYTES`) stay in cache;
 * input gradient: one stride-1 convolution of the output gradient with the kernel rearranged
   into ``stride**2`` phases, followed by depth-to-space. For stride 1 this is the usual
   transposed convolution; for stride 2 it replaces the slow ``lhs_dilation`` convolution.
@@ -43,7 +44,7 @@ from jax import lax
 
 ENV_VAR = "AP_JAX_CONV"
 IMPLS = ("auto", "fast", "lax")
-CHUNK = 8  # examples per weight-gradient chunk: a 32x32x16 chunk's transposes fit in L2
+PATCH_BYTES = 5 * 2**20  # im2col patches per weight-gradient chunk (the fastest of 1-64 examples at ResNet-20's shapes)
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -86,6 +87,16 @@ def _taps(x: jax.Array, kernel: tuple[int, int], strides: tuple[int, int], out_h
     return [x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)]
 
 
+def chunk_size(n: int, out_hw: tuple[int, int], kernel: tuple[int, int], cin: int) -> int:
+    """Examples per weight-gradient chunk: the largest power of two (at most ``n``) whose
+    float32 patches fit in :data:`PATCH_BYTES` (ResNet-20 at batch 128: 8, 16 and 32 by stage)."""
+    per_example = 4 * out_hw[0] * out_hw[1] * kernel[0] * kernel[1] * cin
+    chunk = 1
+    while chunk * 2 <= n and chunk * 2 * per_example <= PATCH_BYTES:
+        chunk *= 2
+    return chunk
+
+
 def _chunk_weight_grad(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], strides, padding) -> jax.Array:
     """Weight gradient of one chunk of examples: im2col patches (rows, kh*kw*C_in)^T @ dy (rows, C_out)."""
     kh, kw, cin, cout = w_shape
@@ -97,14 +108,15 @@ def _chunk_weight_grad(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], st
 
 def weight_grad(
     x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding,
-    chunk: int = CHUNK,
+    chunk: int | None = None,
 ) -> jax.Array:
-    """Gradient of the kernel, summed over chunks of ``chunk`` examples in a ``lax.scan``.
+    """Gradient of the kernel, summed over chunks of ``chunk`` examples (default
+    :func:`chunk_size`) in a ``lax.scan``.
 
     A batch that is not a multiple of ``chunk`` is padded with zero examples (they add nothing).
     """
     n = x.shape[0]
-    chunk = min(chunk, n)
+    chunk = min(chunk or chunk_size(n, dy.shape[1:3], w_shape[:2], w_shape[2]), n)
     extra = -n % chunk
     if extra:
         x = jnp.pad(x, ((0, extra),) + ((0, 0),) * 3)

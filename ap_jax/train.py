@@ -293,6 +293,7 @@ def train_epoch(
     mesh = parallel.resolve(steps.mesh)
     parallel.check_batch_size(batch_size, mesh)
     images, labels = parallel.replicate((dataset.x_train, dataset.y_train), mesh)
+    state = parallel.replicate(state, mesh)  # placed as the step returns it: one compilation
     order_key, aug_key = jax.random.split(jax.random.fold_in(key, epoch))
     order = np.asarray(data.epoch_order(order_key, 0, int(images.shape[0]), batch_size))
     losses, accs = [], []
@@ -328,6 +329,7 @@ def train_stream_epoch(
     augmented from the host, and ``after_step`` and the summary are as in :func:`train_epoch`.
     """
     losses, accs = [], []
+    state = parallel.replicate(state, parallel.resolve(steps.mesh))  # one compilation, as above
     for i, (x, y) in enumerate(tqdm(batches, desc=desc, leave=False, disable=None)):
         state, metrics = steps.train_batch(state, x, y)
         if after_step is not None:

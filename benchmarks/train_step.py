@@ -106,25 +106,31 @@ def _setup(batch: int, pool: int):
     return model, variables, tx, images, labels
 
 
-def _state(variables, tx) -> train.TrainState:
-    return train.fresh_state(variables["params"], variables["batch_stats"], masks.init(variables["params"]), tx)
+def _state(variables, tx, mesh) -> train.TrainState:
+    """A fresh state placed on ``mesh`` as the step returns it, so the step compiles once."""
+    state = train.fresh_state(variables["params"], variables["batch_stats"], masks.init(variables["params"]), tx)
+    return parallel.replicate(state, mesh)
 
 
 def driver_step(model, variables, tx, images, labels, batch: int, impl: str, count_relu: bool) -> Callable[[], object]:
-    """The driver's train step, compiled with convolution implementation ``impl``."""
-    with conv.use(impl):
-        steps = train.make_steps(model, tx, MEAN, STD, count_relu=count_relu)
-        mesh = parallel.resolve(steps.mesh)
-        holder = {"state": _state(variables, tx), "i": 0}
-        order = np.arange(images.shape[0], dtype=np.int32).reshape(-1, batch)
+    """The driver's train step, compiled with convolution implementation ``impl``.
 
-        def run():
-            i = holder["i"] = (holder["i"] + 1) % order.shape[0]
-            index = parallel.shard_batch(order[i], mesh)
+    Every call runs under ``conv.use(impl)``: the choice is read when the step is traced, so a
+    retrace (new input placement) outside the block would silently switch implementation.
+    """
+    steps = train.make_steps(model, tx, MEAN, STD, count_relu=count_relu)
+    mesh = parallel.resolve(steps.mesh)
+    holder = {"state": _state(variables, tx, mesh), "i": 0}
+    order = np.arange(images.shape[0], dtype=np.int32).reshape(-1, batch)
+
+    def run():
+        i = holder["i"] = (holder["i"] + 1) % order.shape[0]
+        index = parallel.shard_batch(order[i], mesh)
+        with conv.use(impl):
             holder["state"], metrics = steps.train(holder["state"], images, labels, index, jax.random.PRNGKey(i))
-            return jax.block_until_ready(metrics)
+        return jax.block_until_ready(metrics)
 
-        run()  # compile while ``impl`` holds
+    run()
     return run
 
 
@@ -216,7 +222,7 @@ def epoch_vs_steps(model, variables, tx, images, labels, batch: int, rounds: int
     mesh = parallel.resolve(steps.mesh)
     images, labels = parallel.replicate((images, labels), mesh)  # as train_epoch places them
     order = np.arange(images.shape[0], dtype=np.int32).reshape(-1, batch)
-    state = _state(variables, tx)
+    state = _state(variables, tx, mesh)
     state, _ = train.train_epoch(steps, state, dataset, batch, jax.random.PRNGKey(0), 0)  # compile
     state, metrics = steps.train(state, images, labels, parallel.shard_batch(order[0], mesh), jax.random.PRNGKey(0))
     jax.block_until_ready(metrics)

@@ -60,6 +60,27 @@ def test_fast_path_matches_lax_values_and_gradients(n, size, cin, cout, k, s, pa
     np.testing.assert_allclose(fast_dw, ref_dw, **TOL)
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 16])
+def test_weight_grad_sums_chunks_including_a_zero_padded_last_chunk(chunk):
+    """11 examples in chunks of 4: the last chunk gets one zero example; of 16: one padded chunk."""
+    kx, kd = jax.random.split(jax.random.PRNGKey(7))
+    x, dy = jax.random.normal(kx, (11, 9, 9, 3)), jax.random.normal(kd, (11, 5, 5, 4))
+    pads = ((1, 1), (1, 1))
+    _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=conv.NHWC),
+                     jnp.zeros((3, 3, 3, 4)))
+    np.testing.assert_allclose(conv.weight_grad(x, dy, (3, 3, 3, 4), (2, 2), pads, chunk), vjp(dy)[0], **TOL)
+
+
+def test_chunk_size_keeps_a_chunks_patches_within_the_budget():
+    """ResNet-20 at batch 128: a 32x32x16 stage-1 example has 4*1024*144 = 576 KiB of patches,
+    so 8 fit in 5 MiB; stage 2 (16x16, 32 channels) 16; stage 3 (8x8, 64) 32; never above n."""
+    assert conv.chunk_size(128, (32, 32), (3, 3), 16) == 8
+    assert conv.chunk_size(128, (16, 16), (3, 3), 32) == 16
+    assert conv.chunk_size(128, (8, 8), (3, 3), 64) == 32
+    assert conv.chunk_size(3, (2, 2), (1, 1), 1) == 2
+    assert conv.chunk_size(1, (224, 224), (7, 7), 3) == 1
+
+
 def _primitives(fn, *args) -> str:
     """The jaxpr as text: the fast path shows up as the weight gradient's chunk scan."""
     return str(jax.make_jaxpr(fn)(*args))

@@ -90,3 +90,13 @@ def test_relu_output_and_no_counting_when_not_mutable():
 def test_dnr_of_no_sites_is_an_error():
     with pytest.raises(ValueError, match="no ReLU counts"):
         apj.stats.dead_neuron_rate({})
+
+
+@pytest.mark.parametrize("rows", [2**24 - 1, 2**24 + 3])
+def test_count_zeros_is_exact_on_both_sides_of_the_float32_limit(rows):
+    """Just under 2**24 outputs per channel the count runs in float32, from 2**24 on in int32;
+    both must equal numpy's integer count exactly (an inexact float sum would be off by one)."""
+    y = np.zeros((rows, 2), np.float32)
+    y[::3, 1] = 1.0  # channel 0 all zeros, channel 1 zero except every third row
+    expected = [rows, rows - len(range(0, rows, 3))]
+    np.testing.assert_array_equal(np.asarray(jax.jit(apj.stats.count_zeros)(jnp.asarray(y))), expected)
