@@ -71,12 +71,13 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> None:
     check_split(batch_size, mesh.size)
 
 
-def check_split(batch_size: int, n: int) -> None:
-    """Raise a one-line ``ValueError`` unless ``batch_size`` divides over ``n`` devices."""
+def check_split(batch_size: int, n: int, name: str = "batch size") -> None:
+    """Raise a one-line ``ValueError`` unless ``batch_size`` divides over ``n`` devices; the
+    message calls the value ``name`` (a command line passes its flag, ``--batch-size``)."""
     if batch_size % n:
         lower = batch_size - batch_size % n
         options = f"{lower} or {lower + n}" if lower else f"{n}"
-        raise ValueError(f"batch size {batch_size} does not split over {n} devices: pass a multiple "
+        raise ValueError(f"{name} {batch_size} does not split over {n} devices: pass a multiple "
                          f"of {n} (e.g. {options})")
 
 

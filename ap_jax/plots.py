@@ -8,7 +8,6 @@ from typing import Any, Mapping, Sequence
 
 import matplotlib
 import numpy as np
-from scipy import stats as scipy_stats
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -67,25 +66,18 @@ def _log_remaining_axis(ax: plt.Axes, remaining_pct: Sequence[float]) -> None:
     ax.grid(True, which="both", alpha=0.3)
 
 
-def _t_half_width(values: np.ndarray) -> np.ndarray:
-    """95 % Student-t half-width over axis 0 (0 with a single seed)."""
-    n = values.shape[0]
-    if n < 2:
-        return np.zeros(values.shape[1:])
-    return scipy_stats.t.ppf(0.975, n - 1) * values.std(axis=0, ddof=1) / np.sqrt(n)
+def mean_ci_figure(arms: Mapping[str, Mapping[str, Any]], path: Path, title: str = "") -> None:
+    """Accuracy and DNR against remaining weights per arm: seed mean and its CI band.
 
-
-def mean_ci_figure(arms: Mapping[str, Mapping[str, np.ndarray]], path: Path, title: str = "") -> None:
-    """Accuracy and DNR against remaining weights per arm: seed mean and a 95 % CI band.
-
-    ``arms[name]`` holds ``remaining`` (cycles,), and ``acc`` and ``dnr`` (seeds, cycles).
+    ``arms[name]`` holds ``remaining`` (cycles,), ``seeds`` (the number of seeds), and ``acc`` and
+    ``dnr`` as ``(mean, half_width)`` arrays over cycles (``ap_jax.report.band``; a NaN
+    half-width, as with one seed, draws no band).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     for ax, key, ylabel in zip(axes, ("acc", "dnr"), ("test accuracy (%)", "dead neuron rate (%)")):
         for name, curve in arms.items():
-            x, values = 100 * curve["remaining"], 100 * curve[key]
-            mean, hw = values.mean(axis=0), _t_half_width(values)
-            ax.plot(x, mean, marker="o", markersize=3, label=f"{name} (n={values.shape[0]})")
+            x, (mean, hw) = 100 * curve["remaining"], (100 * np.asarray(a) for a in curve[key])
+            ax.plot(x, mean, marker="o", markersize=3, label=f"{name} (n={curve['seeds']})")
             ax.fill_between(x, mean - hw, mean + hw, alpha=0.25)
         _log_remaining_axis(ax, list(100 * next(iter(arms.values()))["remaining"]))
         ax.set_ylabel(ylabel)

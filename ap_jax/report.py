@@ -62,6 +62,12 @@ def estimate(values: Iterable[float], level: float = 0.95) -> Estimate:
     return Estimate(float(x.mean()), float(t * x.std(ddof=1) / math.sqrt(x.size)), int(x.size))
 
 
+def band(values: np.ndarray, level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column :func:`estimate` of a (seeds, points) array: the means and CI half-widths."""
+    estimates = [estimate(column, level) for column in np.asarray(values).T]
+    return np.array([e.mean for e in estimates]), np.array([e.half_width for e in estimates])
+
+
 def verdict(est: Estimate, expect: str) -> str:
     """``holds`` / ``does not hold`` / ``inconclusive`` for an expected sign ``"<0"``, ``">0"`` or
     ``"!=0"`` (two-sided: holds when the interval excludes 0, never ``does not hold``)."""
@@ -304,8 +310,9 @@ def figures(parts: Mapping[str, Mapping[str, Arm]], folder: Path) -> list[Path]:
         pair = {name: arms[name] for name in (BASE, AP) if arms.get(name) and arms[name].cycle_rows}
         if not pair:
             continue
-        curves = {name: {"remaining": remaining(arm), "acc": np.array(list(metric(arm, "test_accuracy").values())),
-                         "dnr": np.array(list(metric(arm, "dnr").values()))} for name, arm in pair.items()}
+        curves = {name: {"remaining": remaining(arm), "seeds": len(arm.cycle_rows),
+                         "acc": band(np.array(list(metric(arm, "test_accuracy").values()))),
+                         "dnr": band(np.array(list(metric(arm, "dnr").values())))} for name, arm in pair.items()}
         path = folder / f"{part}_accuracy_dnr.png"
         plots.mean_ci_figure(curves, path, title=f"{part}: mean and 95 % CI over seeds")
         epochs = {name: np.array([[r["dnr"] for r in rows] for rows in arm.epoch_rows.values()])

@@ -62,9 +62,9 @@ def count_zeros(y: jax.Array) -> jax.Array:
     """Zeros of ``y`` per channel (last axis), summed over every other axis, as exact int32.
 
     Below 2**24 outputs per channel the sum runs in float32: every partial sum is an integer
-    under 2**24, so it is exact in any order, and XLA:CPU fuses the compare into its reduction.
-    An int32 sum there is split into a reduce-window that first writes the whole compare out
-    (about 9 % of a ResNet-20 step on CPU; ``benchmarks/profile_step.py`` shows it). Larger
+    under 2**24, so it is exact in any order, and XLA:CPU hands it to YNNPACK's reduction. An
+    int32 sum there becomes a two-stage reduce-window about 2.6x slower (counting took about 9 %
+    of a ResNet-20 step on CPU that way; ``benchmarks/profile_step.py`` shows the ops). Larger
     counts sum in int32.
     """
     axes = tuple(range(y.ndim - 1))

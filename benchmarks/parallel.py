@@ -139,9 +139,9 @@ def report(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str, backend: str, path: Path = REPO / "README.md") -> None:
+def write_readme(text: str, backend: str, path: Path = REPO / "README.md", marker: str = MARKER) -> None:
     """Put ``text`` in README.md between ``backend``'s markers, adding them (and the section) if missing."""
-    start, end = (MARKER.format(backend=backend, edge=edge) for edge in ("start", "end"))
+    start, end = (marker.format(backend=backend, edge=edge) for edge in ("start", "end"))
     readme, block = path.read_text(), f"{start}\n{text}\n{end}"
     if start in readme and end in readme:
         readme = readme[: readme.index(start)] + block + readme[readme.index(end) + len(end):]

@@ -6,7 +6,8 @@ kind (an op's name without its ``.N`` suffix: ``ynn_fusion`` is a convolution or
 YNNPACK, ``dot_general`` an XLA GEMM, ``concatenate``/``pad_slice_fusion`` data movement, the
 other ``*_fusion`` rows elementwise and reduction loops such as BatchNorm and ReLU) and the
 slowest single ops. XLA:CPU may run independent ops side by side, so the op sum can differ
-from the wall time per step, which is printed too.
+from the wall time per step, which is printed too. When ``torch`` is importable (the ``[bench]``
+extra), PyTorch's reference step is profiled too, op by op, for the comparison.
 
 Run from the repository root: ``python -m benchmarks.profile_step [--impl lax] [--no-count-relu]
 [--write]``; ``--write`` also writes the tables to ``benchmarks/PROFILE.md``.
@@ -58,6 +59,22 @@ def by_kind(totals: collections.Counter) -> collections.Counter:
     return kinds
 
 
+def torch_op_times(batch: int, steps: int) -> list[tuple[str, float]] | None:
+    """(op, ms per step) of PyTorch's reference step by self CPU time, or None without torch."""
+    run = train_step.torch_step(batch)
+    if run is None:
+        return None
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        run()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            run()
+    rows = [(e.key, e.self_cpu_time_total / steps / 1e3) for e in prof.key_averages()]
+    return sorted(rows, key=lambda row: -row[1])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impl", choices=("auto", "fast", "lax"), default="auto", help="convolution path")
@@ -66,6 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--top", type=int, default=20, help="rows of each table")
     parser.add_argument("--write", action="store_true", help=f"also write {PROFILE.name}")
+    parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's op profile")
     args = parser.parse_args(argv)
     model, variables, tx, images, labels = train_step._setup(args.batch, args.batch * 4)
     run = train_step.driver_step(model, variables, tx, images, labels, args.batch, args.impl, not args.no_count_relu)
@@ -92,6 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {kind} | {ms:.2f} | {ms / op_sum:.1%} |")
     lines += ["", "| slowest ops | ms per step |", "|---|---|"]
     lines += [f"| {name} | {micros / args.steps / 1e3:.2f} |" for name, micros in totals.most_common(args.top)]
+    torch_rows = None if args.no_torch else torch_op_times(args.batch, args.steps)
+    if torch_rows is not None:
+        lines += ["", f"PyTorch's step (same network, batch and optimizer) by self CPU time, sum "
+                  f"{sum(ms for _, ms in torch_rows):.1f} ms per step:", "",
+                  "| PyTorch op | ms per step |", "|---|---|"]
+        lines += [f"| {name} | {ms:.2f} |" for name, ms in torch_rows[: args.top]]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:

@@ -17,7 +17,8 @@ machine slows them alike):
   three-key sort it replaced (kept here as ``sorted_prune``), with a check that both masks agree
   (``--prune-only`` runs just this).
 
-``--write`` also writes the report to ``benchmarks/RESULTS.md`` with the machine and command.
+``--write`` also writes the report, with the machine and command, to ``benchmarks/RESULTS.md`` and
+into README.md's performance section (between this script's markers).
 Run from the repository root: ``python -m benchmarks.train_step [--write]``.
 """
 
@@ -39,9 +40,11 @@ import numpy as np
 import optax
 
 from ap_jax import conv, data, masks, models, parallel, prune, train
+from benchmarks.parallel import write_readme
 
 MEAN, STD = data.DATASETS["cifar10"].mean, data.DATASETS["cifar10"].std
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+README_MARKER = "<!-- benchmarks/train_step.py {backend} {edge} -->"
 
 
 def cpu_model() -> str:
@@ -374,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.write:
         RESULTS.write_text("## Performance (written by `benchmarks/train_step.py --write`)\n\n" + text)
+        write_readme(text.strip(), jax.default_backend(), marker=README_MARKER)
 
 
 if __name__ == "__main__":

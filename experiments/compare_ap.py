@@ -20,6 +20,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 from ap_jax import checkpoint, config, cycle, data, feeds, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
@@ -137,6 +138,35 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     return text
 
 
+RUN_ERRORS = (cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError, checkpoint.CheckpointError)
+
+
+def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path,
+            also: tuple[type[Exception], ...] = ()) -> int:
+    """Run an experiment's ``body`` and turn its expected failures into one line and an exit code.
+
+    0 when it returns; 130 on Ctrl-C (rerun to resume); the usage error (2) for a dataset that
+    cannot be read; 2 with ``error: ...`` for a bad run directory, checkpoint or records, a
+    non-finite loss, a failed write under ``out``, or any of ``also``. Never a traceback.
+    """
+    try:
+        body()
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted; rerun the same command to resume from the last checkpoint",
+              file=sys.stderr)
+        return 130
+    except data.DataError as err:
+        parser.error(str(err))
+    except RUN_ERRORS + also as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"{parser.prog}: error: cannot write {err.filename or out}: {err.strerror or err}; free "
+              "space or pass another --out, then rerun the same command to resume", file=sys.stderr)
+        return 2
+    return 0
+
+
 def check_out(out: Path) -> None:
     """Raise ``OSError`` unless ``out`` is, or can be created as, a writable directory.
 
@@ -155,9 +185,10 @@ def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
     """Why ``cfg.batch_size`` cannot be used with ``num_train`` examples on ``devices``, or None."""
     if cfg.batch_size > num_train:
         return f"--batch-size {cfg.batch_size} exceeds the {num_train} training examples; pass at most {num_train}"
-    if cfg.batch_size % devices:
-        return (f"--batch-size {cfg.batch_size} is not a multiple of the {devices} devices; pass a "
-                f"multiple of {devices}")
+    try:
+        parallel.check_split(cfg.batch_size, devices, name="--batch-size")
+    except ValueError as err:
+        return str(err)
     return None
 
 
@@ -192,25 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     if problem := check_batch(cfg, dataset.num_train, devices) or \
             cycle.check_rewind_step(cfg, dataset.num_train):
         parser.error(problem)
-    try:
+
+    def body() -> None:
         cycle.check_run_dir(root, cfg)
         root.mkdir(parents=True, exist_ok=True)
         records.write_json(root / "config.json", cfg.to_dict())
-        arms = run_arms(cfg, args, root, dataset)
-        print(report(cfg, arms, root))
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
-        return 130
-    except (cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError, checkpoint.CheckpointError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{parser.prog}: error: cannot write {err.filename or root}: {err.strerror or err}; free "
-              "space or pass another --out, then rerun the same command to resume", file=sys.stderr)
-        return 2
-    print(f"written: {root / 'report.md'} and {root / 'report.png'}")
-    return 0
+        print(report(cfg, run_arms(cfg, args, root, dataset), root))
+        print(f"written: {root / 'report.md'} and {root / 'report.png'}")
+
+    return guarded(parser, body, root)
 
 
 if __name__ == "__main__":

@@ -16,15 +16,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from ap_jax import checkpoint, cycle, data, feeds, parallel, records
+from ap_jax import cycle, data, feeds, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
-from experiments.compare_ap import DATA_NOTE, check_batch, check_out
+from experiments.compare_ap import DATA_NOTE, check_batch, check_out, guarded
 
 SCALES = ("full", "cpu")
 
@@ -215,9 +214,10 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
     if problem := check_batch(cfg, next(iter(datasets.values())).num_train, devices):
         parser.error(problem)
     options = cycle.RunOptions(devices=devices)
-    results: dict[str, dict[str, list[list[dict]]]] = {}
-    seconds: list[float] = []
-    try:
+
+    def body() -> None:
+        results: dict[str, dict[str, list[list[dict]]]] = {}
+        seconds: list[float] = []
         root.mkdir(parents=True, exist_ok=True)
         records.write_json(root / "config.json", {**cfg.to_dict(), "scale": args.scale})
         for method in args.methods:
@@ -229,13 +229,6 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
                     results.setdefault(method, {}).setdefault(arm, []).append(records.cycle_rows(rows))
                     seconds += cycle_wall_seconds(rows)
         print(write_report(spec, cfg, args.scale, root, results, float(np.median(seconds)), args.k))
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except data.DataError as err:
-        parser.error(str(err))
-    except (cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError, checkpoint.CheckpointError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(f"written: {root / 'table.md'}")
-    return 0
+        print(f"written: {root / 'table.md'}")
+
+    return guarded(parser, body, root)

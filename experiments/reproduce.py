@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from ap_jax import checkpoint, config, cycle, data, feeds, official, parallel, records
+from ap_jax import config, cycle, data, feeds, official, parallel
 from ap_jax.config import RunConfig
-from experiments.compare_ap import DATA_NOTE, check_batch, check_out
+from experiments.compare_ap import DATA_NOTE, check_batch, check_out, guarded
 
 NAME = "reproduce"
 SEEDS = (0, 1, 2)
@@ -188,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(err))
     except OSError as err:
         parser.error(f"cannot write to {out}: {err}; pass a writable --out")
-    try:
+
+    def body() -> None:
         if not args.report:
             out.mkdir(parents=True, exist_ok=True)
             for job in run_jobs(jobs, out, args.data_dir, devices):
@@ -198,17 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         path = report.write(out, Path(args.report_path), jobs, note=DATA_NOTE,
                             command=" ".join(["python -m experiments.reproduce",
                                              *(a for a in (argv or sys.argv[1:]) if a != "--report")]))
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    except data.DataError as err:
-        parser.error(str(err))
-    except (ValueError, cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError,
-            checkpoint.CheckpointError) as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    print(f"written: {path}")
-    return 0
+        print(f"written: {path}")
+
+    return guarded(parser, body, out, also=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_bad_flag(flags, message, fake_data, tmp_path, capsys):
 def test_batch_not_a_multiple_of_devices(fake_data, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(jax, "device_count", lambda: 8)
     line = error_line(capsys, *TINY, "--batch-size", "36", "--data-dir", fake_data, "--out", tmp_path / "o")
-    assert "--batch-size 36 is not a multiple of the 8 devices; pass a multiple of 8" in line
+    assert "--batch-size 36 does not split over 8 devices: pass a multiple of 8 (e.g. 32 or 40)" in line
     assert not (tmp_path / "o").exists()
 
 

@@ -45,6 +45,17 @@ def test_verdict(values, expect, want):
     assert report.verdict(report.estimate(values), expect) == want
 
 
+def test_band_is_the_estimate_of_every_column():
+    """Two seeds x three points: column means, t_{0.975,1} * s / sqrt(2) = 12.706 * |a - b| / 2,
+    and NaN (no band) for a single seed."""
+    mean, hw = report.band(np.array([[1.0, 2.0, 0.5], [3.0, 2.0, 1.5]]))
+    np.testing.assert_allclose(mean, [2.0, 2.0, 1.0])
+    np.testing.assert_allclose(hw, [T_975_DF1, 0.0, T_975_DF1 / 2], rtol=1e-6)
+    one_mean, one_hw = report.band(np.array([[4.0, 5.0]]))
+    np.testing.assert_array_equal(one_mean, [4.0, 5.0])
+    assert np.isnan(one_hw).all()
+
+
 def test_combine():
     assert report.combine([report.HOLDS, report.HOLDS]) == report.HOLDS
     assert report.combine([report.HOLDS, report.UNSURE]) == report.UNSURE
