@@ -153,19 +153,19 @@ def plain_step(model, variables, tx, images, labels, batch: int) -> Callable[[],
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_stats, opt_state, loss
 
-    with conv.use("auto"):
-        jitted = jax.jit(step, donate_argnums=(0, 1, 2))
-        params = jax.tree_util.tree_map(jnp.copy, variables["params"])
-        holder = {"s": (params, jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]), tx.init(params)), "i": 0}
-        order = jnp.arange(images.shape[0], dtype=jnp.int32).reshape(-1, batch)
+    jitted = jax.jit(step, donate_argnums=(0, 1, 2))
+    params = jax.tree_util.tree_map(jnp.copy, variables["params"])
+    holder = {"s": (params, jax.tree_util.tree_map(jnp.copy, variables["batch_stats"]), tx.init(params)), "i": 0}
+    order = jnp.arange(images.shape[0], dtype=jnp.int32).reshape(-1, batch)
 
-        def run():
-            i = holder["i"] = (holder["i"] + 1) % order.shape[0]
+    def run():
+        i = holder["i"] = (holder["i"] + 1) % order.shape[0]
+        with conv.use("auto"):  # on every call, as in driver_step: a retrace must not switch path
             *s, loss = jitted(*holder["s"], order[i], jax.random.PRNGKey(i))
-            holder["s"] = tuple(s)
-            return jax.block_until_ready(loss)
+        holder["s"] = tuple(s)
+        return jax.block_until_ready(loss)
 
-        run()
+    run()
     return run
 
 
