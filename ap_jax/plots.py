@@ -28,6 +28,11 @@ def comparison_figure(arms: Mapping[str, Rows], path: Path, title: str = "") -> 
         _log_remaining_axis(ax, remaining)
         ax.set_ylabel(ylabel)
         ax.legend()
+    _save(fig, path, title)
+
+
+def _save(fig: plt.Figure, path: Path, title: str) -> None:
+    """Title the figure (if ``title``), write it to ``path`` and free it."""
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=120)
@@ -82,10 +87,7 @@ def mean_ci_figure(arms: Mapping[str, Mapping[str, Any]], path: Path, title: str
         _log_remaining_axis(ax, list(100 * next(iter(arms.values()))["remaining"]))
         ax.set_ylabel(ylabel)
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def epoch_dnr_figure(arms: Mapping[str, np.ndarray], epochs_per_cycle: int, path: Path, title: str = "") -> None:
@@ -102,10 +104,7 @@ def epoch_dnr_figure(arms: Mapping[str, np.ndarray], epochs_per_cycle: int, path
     ax.set_ylabel("dead neuron rate (%)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    if title:
-        ax.set_title(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)
 
 
 def layer_heatmaps(arms: Mapping[str, tuple[Sequence[str], np.ndarray]], remaining: np.ndarray,
@@ -129,7 +128,4 @@ def layer_heatmaps(arms: Mapping[str, tuple[Sequence[str], np.ndarray]], remaini
         ax.set_xticks(range(len(remaining)), [f"{100 * r:.0f}" for r in remaining], fontsize=7, rotation=90)
         ax.set_xlabel("remaining weights (%)")
         fig.colorbar(image, ax=ax, shrink=0.8)
-    if title:
-        fig.suptitle(title)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, title)

@@ -168,7 +168,8 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
 
 
 def check_out(out: Path) -> None:
-    """Raise ``OSError`` unless ``out`` is, or can be created as, a writable directory.
+    """Raise ``ValueError`` (the message says the fix) unless ``out`` is, or can be created as,
+    a writable directory.
 
     Checked before the data is loaded, and without writing anything.
     """
@@ -176,9 +177,12 @@ def check_out(out: Path) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(f"{existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PermissionError(f"{existing} is not writable")
+        problem = f"{existing} is a file, not a directory"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise ValueError(f"cannot write to {out}: {problem}; pass a writable --out")
 
 
 def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
@@ -216,10 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_out(root)
         dataset = feeds.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
-    except data.DataError as err:
+    except ValueError as err:  # data.DataError included
         parser.error(str(err))
-    except OSError as err:
-        parser.error(f"cannot write to {root}: {err}; pass a writable --out")
     if problem := check_batch(cfg, dataset.num_train, devices) or \
             cycle.check_rewind_step(cfg, dataset.num_train):
         parser.error(problem)

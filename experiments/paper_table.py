@@ -207,10 +207,8 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
         devices = parallel.devices_from_args(args)
         check_out(root)
         datasets = {seed: load_data(cfg, args.data_dir, seed) for seed in args.seeds[: 1 if not cfg.train_size else None]}
-    except (ValueError, data.DataError) as err:
+    except ValueError as err:  # data.DataError included
         parser.error(str(err))
-    except OSError as err:
-        parser.error(f"cannot write to {root}: {err}; pass a writable --out")
     if problem := check_batch(cfg, next(iter(datasets.values())).num_train, devices):
         parser.error(problem)
     options = cycle.RunOptions(devices=devices)

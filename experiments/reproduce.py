@@ -186,8 +186,6 @@ def main(argv: list[str] | None = None) -> int:
         check_out(out)
     except ValueError as err:
         parser.error(str(err))
-    except OSError as err:
-        parser.error(f"cannot write to {out}: {err}; pass a writable --out")
 
     def body() -> None:
         if not args.report:

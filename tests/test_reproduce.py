@@ -47,6 +47,15 @@ def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_output_under_a_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--out", str(tmp_path / "file" / "study")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert f"cannot write to {tmp_path / 'file' / 'study'}: {tmp_path / 'file'} is a file" in err
+
+
 def test_help(capsys):
     with pytest.raises(SystemExit) as stop:
         reproduce.main(["--help"])

@@ -71,8 +71,8 @@ def test_fake_imagenet_has_the_real_tfds_features(fake, tmp_path):
 
 
 def test_batches_have_fixed_shape_and_dtype(train_split):
-    for train in (True, False):
-        for x, y in _host(train_split, 5, 0, train):
+    for is_train in (True, False):
+        for x, y in _host(train_split, 5, 0, is_train):
             assert x.shape == (5, 16, 16, 3) and x.dtype == np.uint8
             assert y.shape == (5,) and y.dtype == np.int32
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from ap_jax import records, train
-from experiments import paper_table
 
 MODULES = ["table1", "table2", "table3", "table4", "table5", "table6"]
 
@@ -59,6 +58,15 @@ def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_output_under_a_file_is_one_line(capsys, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module("experiments.table1").main(["--scale", "cpu", "--out", str(tmp_path / "file")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    assert "is a file, not a directory; pass a writable --out" in err
 
 
 def check_table_matches_runs(root, method, shares):
