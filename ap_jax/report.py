@@ -371,8 +371,26 @@ def provenance_lines(parts: Mapping[str, Mapping[str, Arm]]) -> list[str]:
             f"- total training wall time, every run: {wall / 3600:.2f} h"]
 
 
-def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", command: str = "") -> Path:
-    """Read every job's run directory and write ``report_path`` and its figures in ``out/figures``."""
+@dataclasses.dataclass(frozen=True)
+class Scale:
+    """A study's scale: ``label`` for the report's title, ``meaning`` for its first sentence."""
+
+    label: str
+    meaning: str
+
+
+CPU_SCALE = Scale("small scale, CPU", "Small-scale study: the networks, data sizes and epochs are cut to "
+                  "fit a 2-core CPU, so the paper's full-scale numbers are not expected; the sign and "
+                  "trend of each claim are.")
+
+
+def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", command: str = "",
+          scale: Scale = CPU_SCALE) -> Path:
+    """Read every job's run directory and write ``report_path`` and its figures in ``out/figures``.
+
+    ``scale`` names the study's scale in the title and says in a sentence what it means for the
+    comparison with the paper.
+    """
     parts = load_parts(out, jobs)
     claims = [claim(parts) for claim in CLAIMS]
     folder = out / "figures"
@@ -383,16 +401,14 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
     rel = _relative(report_path.parent, folder)
     done = sum(len(arm.cycle_rows) for arms in parts.values() for arm in arms.values())
     lines = [
-        "# Reproduction of AP's headline claims (small scale, CPU)",
+        f"# Reproduction of AP's headline claims ({scale.label})",
         "",
         f"**Status: {done} of {len(jobs)} runs complete**"
         + ("." if done == len(jobs) else "; the verdicts below use the complete runs only and will "
            "change as the study finishes (rerun the command below to continue it)."),
         "",
-        "Small-scale study: the networks, data sizes and epochs are cut to fit a 2-core CPU, so the "
-        "paper's full-scale numbers are not expected; the sign and trend of each claim are. Means "
-        "and 95 % confidence intervals over seeds (Student's t on per-seed paired differences). "
-        + note,
+        f"{scale.meaning} Means and 95 % confidence intervals over seeds (Student's t on per-seed "
+        "paired differences). " + note,
         "",
         "| # | claim (paper) | measured (this study) | verdict |",
         "|---:|---|---|---|",

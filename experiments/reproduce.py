@@ -23,11 +23,14 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ap_jax import config, cycle, data, feeds, official, parallel
 from ap_jax.config import RunConfig
 from experiments.compare_ap import DATA_NOTE, check_batch, check_out, guarded
+
+if TYPE_CHECKING:  # ap_jax.report imports matplotlib: only once there is something to report
+    from ap_jax.report import Scale
 
 NAME = "reproduce"
 SEEDS = (0, 1, 2)
@@ -130,6 +133,18 @@ def arm_config(base: RunConfig, arm: str, overrides: dict[str, Any], seed: int) 
     return change(cfg) if callable(change) else dataclasses.replace(cfg, **change)
 
 
+def report_scale(settings: list[str]) -> Scale:
+    """The report's scale: the CPU study's own, or its configs as changed by ``--set``."""
+    from ap_jax import report
+
+    if not settings:
+        return report.CPU_SCALE
+    changed = " ".join(settings)
+    return report.Scale(f"--set {changed}", f"The CPU study's configs with `--set {changed}` applied to "
+                        "every run (each run's config.json holds its whole config): compare with the "
+                        "paper's numbers only where that is its full scale.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: what to run, where, and how."""
     parser = argparse.ArgumentParser(
@@ -196,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
 
         path = report.write(out, Path(args.report_path), jobs, note=DATA_NOTE,
                             command=" ".join(["python -m experiments.reproduce",
-                                             *(a for a in (argv or sys.argv[1:]) if a != "--report")]))
+                                             *(a for a in (argv or sys.argv[1:]) if a != "--report")]),
+                            scale=report_scale(args.set))
         print(f"written: {path}")
 
     return guarded(parser, body, out, also=(ValueError,))

@@ -113,7 +113,8 @@ def test_written_report(study, tmp_path):
     out, jobs = study
     path = report.write(out, out / "REPRODUCTION.md", jobs, note="NOTE", command="python -m experiments.reproduce")
     text = path.read_text()
-    assert "**Status: 4 of 4 runs complete**." in text
+    assert text.startswith("# Reproduction of AP's headline claims (small scale, CPU)")
+    assert "**Status: 4 of 4 runs complete**." in text and "Small-scale study: the networks" in text
     assert "NOTE" in text and "`python -m experiments.reproduce`" in text and "`abc123`" in text
     # per-cycle table: cycle 2, X accuracy 52.50 mean of .53 and .52
     assert "| 2 | 64.0 | 52.50 ± " in text

@@ -72,5 +72,7 @@ def test_study_continues_where_it_stopped(fake_data, tmp_path):
     assert {p: p.read_bytes() for p in out.glob("runs/mlp/*/seed_0/metrics.jsonl")} == seed0
     assert len(list(out.glob("runs/mlp/*/seed_1/metrics.jsonl"))) == 2
     text = md.read_text()
+    assert text.startswith("# Reproduction of AP's headline claims (--set epochs=1 cycles=2 batch_size=40")
+    assert "with `--set epochs=1 cycles=2" in text and "Small-scale study" not in text
     assert "2 complete seed(s)" in text and "| 2 | 64.0 |" in text and (out / "figures" / "mlp_layer_dnr.png").exists()
     assert reproduce.main([*common, "--seeds", "0", "1", "--report"]) == 0
