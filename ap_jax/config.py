@@ -46,7 +46,8 @@ class RunConfig:
     finetune_lr: float = _field(1e-3, "finetune: constant LR of every pruned cycle (Renda et al.: the "
                                 "schedule's final LR)", added=True)
     rate: float = _field(0.2, "share p of the alive prunable weights removed per cycle, in [0, 1)")
-    ap_rate: float = _field(0.0, "share q of p taken by AP per cycle (0: X alone; paper: 0.02)")
+    ap_rate: float = _field(0.0, "share q of the alive prunable weights AP removes per cycle, out of "
+                            "--rate (0: X alone; paper: 0.02 of 0.2)")
     ap_variant: str = _field("ap", "AP score: the paper's, or an ablation/substitution (see ap_jax.ap)",
                              choices=tuple(ap.AP_VARIANTS), added=True)
     ap_start_cycle: int = _field(0, "first cycle whose prune uses AP; before it X takes the whole rate",
@@ -158,10 +159,15 @@ def check(cfg: RunConfig) -> None:
 
 def from_dict(values: dict[str, Any]) -> RunConfig:
     """The ``RunConfig`` a ``config.json`` describes; ``ValueError`` naming unknown or bad fields."""
+    if not isinstance(values, dict):
+        raise ValueError(f"a config is a JSON object of fields, got {type(values).__name__}")
     known = {f.name for f in dataclasses.fields(RunConfig)}
     if unknown := sorted(set(values) - known):
         raise ValueError(f"unknown config fields {unknown} (written by another version of ap_jax?)")
-    return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    try:
+        return RunConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+    except TypeError as err:  # a field of the wrong type, e.g. "cycles": "5"
+        raise ValueError(f"a config field has the wrong type ({err})") from None
 
 
 def differences(stored: dict[str, Any], cfg: RunConfig) -> list[str]:
@@ -180,6 +186,14 @@ def _added_defaults() -> dict[str, Any]:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _bool(text: str) -> bool:

@@ -69,9 +69,16 @@ def use(impl: str) -> Iterator[None]:
         _override.pop()
 
 
+def _env_impl() -> str:
+    impl = os.environ.get(ENV_VAR, "auto")
+    if impl not in IMPLS:
+        raise ValueError(f"environment variable {ENV_VAR}={impl!r}: must be one of {', '.join(IMPLS)}")
+    return impl
+
+
 def active_impl() -> str:
     """The implementation a convolution traced now would use: "fast" or "lax"."""
-    impl = _override[-1] if _override else _check_impl(os.environ.get(ENV_VAR, "auto"))
+    impl = _override[-1] if _override else _env_impl()
     if impl == "auto":
         return "fast" if jax.default_backend() == "cpu" else "lax"
     return impl

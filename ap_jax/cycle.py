@@ -11,7 +11,7 @@ One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycle
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
 cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
-site, and wall seconds. The DNR is measured after every epoch with BatchNorm in eval mode on the
+site (over units, and its per-channel variant over whole feature maps), and wall seconds. The DNR is measured after every epoch with BatchNorm in eval mode on the
 first ``dnr_size`` training examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
 
@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -52,8 +53,10 @@ from ap_jax.config import RunConfig
 
 PyTree = Any
 Row = dict[str, Any]
-PRUNE_STREAM = 1  # fold_in tag of the seed's key for pruning draws (the random AP variant)
-REINIT_STREAM = 2  # fold_in tag of the seed's key for the fresh inits of ``reinit``
+# fold_in tags of the seed's key. Tags 0 and 1 are taken: ``split`` of the seed's key gives the
+# init and training keys, and with partitionable threefry ``split(k)[i] == fold_in(k, i)``.
+REINIT_STREAM = 2  # the fresh inits of ``reinit``
+PRUNE_STREAM = 3  # pruning draws (the random AP variant), independent of every training draw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +108,8 @@ def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg:
         "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size),
         "dnr": dnr["overall"],
         "dnr_per_layer": dnr["per_layer"],
+        "dnr_channel": dnr["overall_channel"],
+        "dnr_channel_per_layer": dnr["per_layer_channel"],
     }
 
 
@@ -129,6 +134,9 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunDirError(f"{path} is not valid JSON ({err}); delete {run_dir} to start that run again") from None
+    if not isinstance(stored, dict):
+        raise RunDirError(f"{path} is not a config (a JSON object of fields); delete {run_dir} to start that "
+                          "run again")
     if diffs := config.differences(stored, cfg):
         raise RunDirError(f"{run_dir} holds a run of another config ({'; '.join(diffs)}, stored vs "
                           "given); pass the flags it was run with, or another --out")
@@ -140,7 +148,11 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | N
     mesh = parallel.describe(parallel.make_mesh(devices))
     path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh)
     if path.exists():
-        first = json.loads(path.read_text())
+        try:
+            first = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise RunDirError(f"{path} is not valid JSON ({err}); restore it, or delete it to go on with a "
+                              "new provenance record (the run's rows and checkpoints are kept)") from None
         first.setdefault("resumed", []).append({k: now[k] for k in ("command", "git_commit", "started")})
         now = first
     records.write_json(path, now)
@@ -213,6 +225,10 @@ class _Run:
             self.rewind = self.store.rewind_variables(self.theta0)
         position = self.store.restore_latest(state, start, self.key)
         if position is None:
+            if rows:  # e.g. a fresh clone: metrics.jsonl is committed, checkpoints are not
+                warnings.warn(f"{self.metrics_path} has {len(rows)} rows but no checkpoint to resume them "
+                              "from: the run starts again from its first epoch", checkpoint.CheckpointWarning,
+                              stacklevel=2)
             cycle, epoch, rows = 0, 0, []
         else:
             if len(rows) < position.rows_before:

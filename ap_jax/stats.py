@@ -1,10 +1,18 @@
 """Dead-neuron statistics: a ReLU that sows integer counts, and the dead neuron rate (DNR).
 
 The DNR is the share of ReLU outputs that are exactly zero, summed over every example, every
-unit (channel x position) and every ReLU site. Counts are sufficient statistics: each ReLU sows
-``zeros`` (int32, one per channel: zero outputs of that channel over the batch and positions)
-and ``positions`` (int32 scalar: outputs per channel, i.e. batch x spatial positions). Counts from
-several batches or several devices add up exactly; totals are formed once on the host in int64.
+unit (channel x position) and every ReLU site. Its per-channel variant counts a channel as dead
+for an example when the channel's whole feature map is zero (for a dense layer, a unit is its
+own map, so the two agree). Counts are sufficient statistics: each ReLU sows
+
+* ``zeros`` (int32, one per channel): zero outputs of that channel over the batch and positions;
+* ``positions`` (int32 scalar): outputs *per channel*, batch x spatial positions (a site's
+  outputs are ``positions`` times its channels);
+* ``dead_maps`` (int32, one per channel): examples whose map of that channel is all zero;
+* ``examples`` (int32 scalar): the batch size.
+
+Counts from several batches or several devices add up exactly; totals are formed on the host in
+int64.
 
 Sowing only happens when the ``relu_stats`` collection is mutable, so a training step that does
 not ask for it pays nothing.
@@ -52,6 +60,8 @@ class ReLU(nn.Module):
             positions = int(np.prod(x.shape[:-1]))
             self.sow(COLLECTION, "zeros", count_zeros(y), init_fn=_zero, reduce_fn=_add)
             self.sow(COLLECTION, "positions", jnp.asarray(positions, jnp.int32), init_fn=_zero, reduce_fn=_add)
+            self.sow(COLLECTION, "dead_maps", count_dead_maps(y), init_fn=_zero, reduce_fn=_add)
+            self.sow(COLLECTION, "examples", jnp.asarray(x.shape[0], jnp.int32), init_fn=_zero, reduce_fn=_add)
         return y
 
 
@@ -71,6 +81,11 @@ def count_zeros(y: jax.Array) -> jax.Array:
     if int(np.prod(y.shape[:-1])) < EXACT_FLOAT_COUNT:
         return jnp.sum((y == 0).astype(jnp.float32), axis=axes).astype(jnp.int32)
     return jnp.sum(y == 0, axis=axes, dtype=jnp.int32)
+
+
+def count_dead_maps(y: jax.Array) -> jax.Array:
+    """Examples whose feature map of a channel (last axis) is all zero, per channel, as int32."""
+    return jnp.sum(jnp.all(y == 0, axis=tuple(range(1, y.ndim - 1))), axis=0, dtype=jnp.int32)
 
 
 def relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Array, **apply_kwargs):
@@ -159,23 +174,32 @@ def pmap_relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Arra
 
 
 def _sites(counts: Mapping[str, Any], prefix: str = ""):
-    """Yield ``(path, zeros, positions)`` for every ReLU site in a nested count dict."""
+    """Yield ``(path, site counts)`` for every ReLU site in a nested count dict."""
     if "zeros" in counts and "positions" in counts:
-        yield prefix, counts["zeros"], counts["positions"]
+        yield prefix, counts
         return
     for name, sub in counts.items():
         yield from _sites(sub, f"{prefix}/{name}" if prefix else str(name))
 
 
-def dead_neuron_rate(counts: Mapping[str, Any]) -> dict[str, Any]:
-    """DNR from counts: ``{"overall": float, "per_layer": {relu path: float}}`` (host, int64 sums)."""
-    per_layer, total_zeros, total_outputs = {}, 0, 0
-    for path, zeros, positions in _sites(counts):
-        zeros = np.asarray(jax.device_get(zeros), dtype=np.int64)
-        outputs = int(np.asarray(jax.device_get(positions), dtype=np.int64)) * zeros.size
-        per_layer[path] = float(zeros.sum()) / outputs if outputs else 0.0
-        total_zeros += int(zeros.sum())
-        total_outputs += outputs
+def _rates(counts: Mapping[str, Any], dead: str, per_channel: str) -> tuple[float, dict[str, float]]:
+    """Overall and per-site share of ``dead`` counts among ``per_channel`` x channels (int64)."""
+    per_layer, total_dead, total = {}, 0, 0
+    for path, site in _sites(counts):
+        hits = np.asarray(jax.device_get(site[dead]), dtype=np.int64)
+        outputs = int(np.asarray(jax.device_get(site[per_channel]), dtype=np.int64)) * hits.size
+        per_layer[path] = float(hits.sum()) / outputs if outputs else 0.0
+        total_dead += int(hits.sum())
+        total += outputs
     if not per_layer:
         raise ValueError("no ReLU counts found: the model has no ap_jax.stats.ReLU sites")
-    return {"overall": total_zeros / total_outputs, "per_layer": per_layer}
+    return total_dead / total, per_layer
+
+
+def dead_neuron_rate(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """DNR from counts (host, int64 sums): ``overall`` and ``per_layer`` (relu path -> share) over
+    units, and ``overall_channel`` and ``per_layer_channel`` over whole feature maps."""
+    overall, per_layer = _rates(counts, "zeros", "positions")
+    overall_channel, per_layer_channel = _rates(counts, "dead_maps", "examples")
+    return {"overall": overall, "per_layer": per_layer,
+            "overall_channel": overall_channel, "per_layer_channel": per_layer_channel}

@@ -79,7 +79,10 @@ def lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int = 0) ->
         return official_lr_schedule(cfg, total_steps, steps_per_epoch)
     if cfg.lr_schedule != "step":
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
-    boundaries = {int(round(share * total_steps)): cfg.lr_gamma for share in cfg.lr_drops}
+    boundaries: dict[int, float] = {}
+    for share in cfg.lr_drops:  # drops that round to one step (tiny runs) multiply there
+        step = int(round(share * total_steps))
+        boundaries[step] = boundaries.get(step, 1.0) * cfg.lr_gamma
     decay = optax.piecewise_constant_schedule(cfg.lr, boundaries)
     if cfg.warmup_steps <= 0:
         return decay
@@ -170,6 +173,13 @@ class Steps:
     correct_batch: Callable[..., jax.Array] | None = None
 
 
+def _with_counts_of(old: PyTree, new: PyTree) -> PyTree:
+    """``old`` optimizer state with the step counts (``count`` fields) of ``new``: a skipped step
+    leaves momenta alone, yet the LR schedule, which reads the count, stays aligned with the data."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, o, n: n if getattr(path[-1], "name", None) == "count" else o, old, new)
+
+
 def make_steps(
     model: nn.Module, tx: optax.GradientTransformation, mean, std, augment: bool = True,
     skip_nonfinite: bool = False, mesh: Mesh | None = None, count_relu: bool = False,
@@ -217,7 +227,7 @@ def make_steps(
         params = masked(optax.apply_updates(state.params, updates), state.mask)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         if skip_nonfinite:
-            keep = state.replace(step=state.step + 1)
+            keep = state.replace(step=state.step + 1, opt_state=_with_counts_of(state.opt_state, opt_state))
             new = jax.tree_util.tree_map(lambda n, k: jnp.where(jnp.isfinite(loss), n, k), new, keep)
         metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
         return new, {**metrics, "relu_counts": stats.pack_counts(counts)} if count_relu else metrics
@@ -266,14 +276,14 @@ def accuracy(steps: Steps, state: TrainState, images: jax.Array, labels: jax.Arr
 
 
 def dead_neuron_rate(steps: Steps, state: TrainState, images: jax.Array, batch_size: int) -> dict[str, Any]:
-    """DNR over ``images`` (BN in eval mode, no augmentation), counts summed over batches."""
+    """DNR over ``images`` (BN in eval mode, no augmentation), counts summed over batches on the
+    host in int64 (a device's int32 counts of one batch cannot overflow; a sum over many could)."""
     mesh = parallel.resolve(steps.mesh)
     images, counts = parallel.replicate(images, mesh), None
     for index, multiplicity in parallel.eval_batches(int(images.shape[0]), batch_size, mesh):
-        batch_counts = steps.relu_counts(state, images, parallel.shard_batch(index, mesh))
-        if multiplicity > 1:
-            batch_counts = jax.tree_util.tree_map(lambda c: c // multiplicity, batch_counts)
-        counts = batch_counts if counts is None else stats.add_counts(counts, batch_counts)
+        batch_counts = jax.device_get(steps.relu_counts(state, images, parallel.shard_batch(index, mesh)))
+        batch_counts = jax.tree_util.tree_map(lambda c: np.asarray(c, np.int64) // multiplicity, batch_counts)
+        counts = batch_counts if counts is None else jax.tree_util.tree_map(np.add, counts, batch_counts)
     return stats.dead_neuron_rate(counts)
 
 

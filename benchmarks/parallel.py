@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ap_jax import data, masks, models, parallel, records, train
+from ap_jax.config import positive_int
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_DEVICES = 8
@@ -102,8 +103,11 @@ def scaling(args: argparse.Namespace) -> list[str]:
     if jax.default_backend() == "cpu" and jax.device_count() < FAKE_DEVICES:
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={FAKE_DEVICES}"}
         child = [sys.executable, "-m", "benchmarks.parallel", "--scaling-only", *sys.argv[1:]]
-        out = subprocess.run(child, cwd=REPO, env=env, capture_output=True, text=True, check=True).stdout
-        return json.loads(out.strip().splitlines()[-1])
+        done = subprocess.run(child, cwd=REPO, env=env, capture_output=True, text=True)
+        if done.returncode:
+            last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+            raise SystemExit(f"python -m benchmarks.parallel: error: the {FAKE_DEVICES}-device child failed: {last}")
+        return json.loads(done.stdout.strip().splitlines()[-1])
     counts = sorted({1, jax.device_count()})
     rates = {n: steps_per_second(args, n) for n in counts}
     fake = " fake CPU devices sharing the host's cores" if jax.default_backend() == "cpu" else " devices"
@@ -155,14 +159,19 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the parts, print (and optionally write into README.md) the results."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.parallel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20", choices=models.names())
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=7, help="timed chunks per configuration")
-    parser.add_argument("--chunk", type=int, default=5, help="train steps per timed chunk")
+    parser.add_argument("--batch-size", type=positive_int, default=128)
+    parser.add_argument("--rounds", type=positive_int, default=7, help="timed chunks per configuration")
+    parser.add_argument("--chunk", type=positive_int, default=5, help="train steps per timed chunk")
     parser.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="also time one epoch on one device (default: on GPU only)")
     parser.add_argument("--readme", action="store_true", help="write the results into README.md")
     parser.add_argument("--scaling-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        parallel.check_split(args.batch_size, FAKE_DEVICES if jax.default_backend() == "cpu" else jax.device_count(),
+                             name="--batch-size")
+    except ValueError as err:
+        parser.error(str(err))
     if args.scaling_only:
         print(json.dumps(scaling(args)))
         return 0

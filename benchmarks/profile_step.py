@@ -1,6 +1,7 @@
 """Where the time of the ResNet-20 train step goes on this machine: a profile by XLA op kind.
 
-Traces a few calls of the driver's train step (``benchmarks.train_step.driver_step``) with
+Traces a few calls of the step ``ap_jax.cycle`` trains with (``benchmarks.train_step.driver_step``:
+masks, no in-step ReLU counting; ``--count-relu`` adds it) with
 ``jax.profiler`` and XLA:CPU's per-op trace events, then prints the time per step of each op
 kind (an op's name without its ``.N`` suffix: ``ynn_fusion`` is a convolution or dot handed to
 YNNPACK, ``dot_general`` an XLA GEMM, ``concatenate``/``pad_slice_fusion`` data movement, the
@@ -9,7 +10,7 @@ slowest single ops. XLA:CPU may run independent ops side by side, so the op sum 
 from the wall time per step, which is printed too. When ``torch`` is importable (the ``[bench]``
 extra), PyTorch's reference step is profiled too, op by op, for the comparison.
 
-Run from the repository root: ``python -m benchmarks.profile_step [--impl lax] [--no-count-relu]
+Run from the repository root: ``python -m benchmarks.profile_step [--impl lax] [--count-relu]
 [--write]``; ``--write`` also writes the tables to ``benchmarks/PROFILE.md``.
 """
 
@@ -33,6 +34,7 @@ from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 
+from ap_jax.config import positive_int  # noqa: E402
 from benchmarks import train_step  # noqa: E402
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
@@ -78,15 +80,15 @@ def torch_op_times(batch: int, steps: int) -> list[tuple[str, float]] | None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--impl", choices=("auto", "fast", "lax"), default="auto", help="convolution path")
-    parser.add_argument("--no-count-relu", action="store_true", help="profile the step without ReLU counting")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="profiled steps")
-    parser.add_argument("--top", type=int, default=20, help="rows of each table")
+    parser.add_argument("--count-relu", action="store_true", help="profile the step with in-step ReLU counting")
+    parser.add_argument("--batch", type=positive_int, default=128)
+    parser.add_argument("--steps", type=positive_int, default=5, help="profiled steps")
+    parser.add_argument("--top", type=positive_int, default=20, help="rows of each table")
     parser.add_argument("--write", action="store_true", help=f"also write {PROFILE.name}")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch's op profile")
     args = parser.parse_args(argv)
     model, variables, tx, images, labels = train_step._setup(args.batch, args.batch * 4)
-    run = train_step.driver_step(model, variables, tx, images, labels, args.batch, args.impl, not args.no_count_relu)
+    run = train_step.driver_step(model, variables, tx, images, labels, args.batch, args.impl, args.count_relu)
     for _ in range(3):
         run()
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     lines = [
         f"Machine: {train_step.machine()}", "", f"Command: `{command.strip()}`", "",
         f"ResNet-20 train step as the driver runs it, batch {args.batch}, conv path {args.impl}, ReLU counting "
-        f"{not args.no_count_relu}: {wall * 1e3:.1f} ms per step while traced (tracing adds overhead), "
+        f"{args.count_relu}: {wall * 1e3:.1f} ms per step while traced (tracing adds overhead), "
         f"sum of op times {op_sum:.1f} ms over {args.steps} steps.", "",
         "| op kind | ms per step | share of op time |", "|---|---|---|",
     ]

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from ap_jax import stream
+from ap_jax.config import positive_int
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fake_tfds import write_fake_imagenet  # noqa: E402  (the tests' on-disk writer)
@@ -43,9 +44,9 @@ def images_per_second(split: stream.Split, batch_size: int, train: bool, workers
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--images", type=positive_int, default=256)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as root:
         labels = np.random.default_rng(0).integers(0, 1000, args.images).tolist()

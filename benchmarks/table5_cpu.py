@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ap_jax import cycle, records, stream
+from ap_jax.config import positive_int
 from experiments import paper_table, table5
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -34,7 +35,7 @@ CLASSES = 200
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--validation", type=int, default=10_000)
+    parser.add_argument("--validation", type=positive_int, default=10_000)
     parser.add_argument("--method", choices=paper_table.PAPER_METHODS, default="lth")
     args = parser.parse_args()
     base = dataclasses.replace(table5.SPEC.config("cpu"), cycles=1)

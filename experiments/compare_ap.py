@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ap_jax import checkpoint, config, cycle, data, feeds, parallel, plots, records
+import jax
+
+from ap_jax import checkpoint, config, conv, cycle, data, feeds, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 
 NAME = "compare_ap"
@@ -31,13 +33,6 @@ DATA_NOTE = (
     "Data: the offline CIFAR-10 copy rebuilt from JPEG files (quality 75), so accuracies run "
     "1-3 points under those on the original images."
 )
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,15 +47,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="resume the study in DIR (a compare_ap-<hash8> directory) with its "
                              "stored config; flags given must agree with it")
-    parser.add_argument("--checkpoint-every", type=_positive, default=1, metavar="N",
-                        help="epochs between train-state checkpoints (default: 1)")
-    parser.add_argument("--keep-checkpoints", type=_positive, default=2, metavar="K",
-                        help="newest train-state checkpoints kept per run (default: 2)")
-    parser.add_argument("--skip-nonfinite", action="store_true",
-                        help="skip batches whose loss is NaN or inf instead of stopping")
+    add_run_options(parser)
     add_config_args(parser, DEFAULTS)
     parallel.add_args(parser)
     return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """The ``cycle.RunOptions`` flags every experiment shares (not in the config hash)."""
+    parser.add_argument("--checkpoint-every", type=config.positive_int, default=1, metavar="N",
+                        help="epochs between train-state checkpoints (default: 1)")
+    parser.add_argument("--keep-checkpoints", type=config.positive_int, default=2, metavar="K",
+                        help="newest train-state checkpoints kept per run (default: 2)")
+    parser.add_argument("--skip-nonfinite", action="store_true",
+                        help="skip batches whose loss is NaN or inf instead of stopping")
+
+
+def run_options(args: argparse.Namespace, devices: int | None) -> cycle.RunOptions:
+    """``cycle.RunOptions`` from :func:`add_run_options`' flags and the device count."""
+    return cycle.RunOptions(checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+                            skip_nonfinite=args.skip_nonfinite, devices=devices)
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace, RunConfig]:
@@ -147,7 +153,8 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
 
     0 when it returns; 130 on Ctrl-C (rerun to resume); the usage error (2) for a dataset that
     cannot be read; 2 with ``error: ...`` for a bad run directory, checkpoint or records, a
-    non-finite loss, a failed write under ``out``, or any of ``also``. Never a traceback.
+    non-finite loss, a failed write under ``out``, a device failure (out of memory), or any of
+    ``also``. Never a traceback.
     """
     try:
         body()
@@ -164,12 +171,17 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
         print(f"{parser.prog}: error: cannot write {err.filename or out}: {err.strerror or err}; free "
               "space or pass another --out, then rerun the same command to resume", file=sys.stderr)
         return 2
+    except jax.errors.JaxRuntimeError as err:
+        print(f"{parser.prog}: error: {str(err).splitlines()[0]}; if the device ran out of memory, lower "
+              "--batch-size or --eval-batch-size or pass more --devices, then rerun the same command to "
+              "resume", file=sys.stderr)
+        return 2
     return 0
 
 
-def check_out(out: Path) -> None:
-    """Raise ``ValueError`` (the message says the fix) unless ``out`` is, or can be created as,
-    a writable directory.
+def check_out(out: Path, flag: str = "--out") -> None:
+    """Raise ``ValueError`` (the message says the fix: another ``flag``) unless ``out`` is, or can
+    be created as, a writable directory.
 
     Checked before the data is loaded, and without writing anything.
     """
@@ -182,7 +194,7 @@ def check_out(out: Path) -> None:
         problem = f"{existing} is not writable"
     else:
         return
-    raise ValueError(f"cannot write to {out}: {problem}; pass a writable --out")
+    raise ValueError(f"cannot write to {out}: {problem}; pass a writable {flag}")
 
 
 def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
@@ -198,9 +210,7 @@ def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
 
 def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: feeds.AnyDataset) -> dict[str, list[dict]]:
     """Both arms into ``root/<arm>/seed_<s>/`` (finished arms reused, unfinished ones resumed)."""
-    options = cycle.RunOptions(checkpoint_every=args.checkpoint_every,
-                               keep_checkpoints=args.keep_checkpoints, skip_nonfinite=args.skip_nonfinite,
-                               devices=args.devices)
+    options = run_options(args, args.devices)
     return {
         label: cycle.run(arm, dataset, root / label.replace("+", "_") / f"seed_{cfg.seed}", label, options)
         for label, arm in arm_configs(cfg).items()
@@ -218,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         parser.error(str(err))
     try:
+        conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(root)
         dataset = feeds.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
     except ValueError as err:  # data.DataError included

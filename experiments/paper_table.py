@@ -17,13 +17,13 @@ import argparse
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ap_jax import cycle, data, feeds, parallel, records
+from ap_jax import conv, cycle, data, feeds, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
-from experiments.compare_ap import DATA_NOTE, check_batch, check_out, guarded
+from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
 
 SCALES = ("full", "cpu")
 
@@ -73,6 +73,7 @@ def build_parser(spec: TableSpec, scale: str) -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs", help="output root (default: runs)")
     parser.add_argument("--data-dir", default=None,
                         help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
+    add_run_options(parser)
     add_config_args(parser, spec.config(scale), skip=("seed", "method", "rewind_step", "finetune_lr"))
     parallel.add_args(parser)
     return parser
@@ -80,7 +81,7 @@ def build_parser(spec: TableSpec, scale: str) -> argparse.ArgumentParser:
 
 def parse(spec: TableSpec, argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace, RunConfig]:
     """Parse twice: ``--scale`` first, since it sets every other flag's default."""
-    pre = argparse.ArgumentParser(add_help=False)
+    pre = argparse.ArgumentParser(prog=f"python -m experiments.{spec.name}", add_help=False)
     pre.add_argument("--scale", choices=SCALES, default="full")
     known, _ = pre.parse_known_args(argv)
     parser = build_parser(spec, known.scale)
@@ -145,12 +146,23 @@ def sources_table(spec: TableSpec, cfg: RunConfig, scale: str) -> str:
     return "\n".join(lines)
 
 
+def provenance_lines(run_dirs: Sequence[Path]) -> list[str]:
+    """The distinct commands, commits and devices that produced the runs in ``run_dirs`` (a run
+    reused from an earlier invocation keeps the command that made it)."""
+    provs = [json.loads((d / "provenance.json").read_text()) for d in run_dirs]
+    seen = {
+        "command": sorted({f"`{p['command']}`" for p in provs}),
+        "git commit": sorted({f"`{p['git_commit']}`" for p in provs}),
+        "device": sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU "
+                          f"{p['device']['cpu']}" for p in provs}),
+    }
+    return [f"- {name}{'s' if len(values) > 1 else ''}: {'; '.join(values)}" for name, values in seen.items()]
+
+
 def write_report(spec: TableSpec, cfg: RunConfig, scale: str, root: Path,
                  results: Mapping[str, Mapping[str, list[list[dict]]]], cycle_seconds: float,
-                 rewind_step: int) -> str:
-    """``table.md`` in ``root``: the accuracy table, the setup with sources, provenance."""
-    first = next(root.glob("*/*/seed_*/provenance.json"))
-    prov = json.loads(first.read_text())
+                 rewind_step: int, run_dirs: Sequence[Path]) -> str:
+    """``table.md`` in ``root``: the accuracy table, the setup with sources, provenance of ``run_dirs``."""
     text = "\n".join([
         f"# Table {spec.number}: {spec.title} ({scale} scale)",
         "",
@@ -173,9 +185,7 @@ def write_report(spec: TableSpec, cfg: RunConfig, scale: str, root: Path,
         f"{cfg.lr * cfg.lr_gamma ** len(cfg.lr_drops):.4g} (Renda et al. 2020); oneshot prunes once "
         "to the sparsest level, so only that column has its accuracy.",
         "",
-        f"- command: `{prov['command']}`",
-        f"- git commit: `{prov['git_commit']}`",
-        f"- device: {prov['device']['backend']} ({prov['device']['device_kind']}), host CPU {prov['device']['cpu']}",
+        *provenance_lines(run_dirs),
         f"- measured wall time per cycle (training and evaluation, median over cycles run): {cycle_seconds:.0f} s",
         "",
     ])
@@ -205,17 +215,21 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
     try:
         arms_of = {(m, s): arm_configs(cfg, m, s, args.k) for m in args.methods for s in args.seeds}
         devices = parallel.devices_from_args(args)
+        conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(root)
         datasets = {seed: load_data(cfg, args.data_dir, seed) for seed in args.seeds[: 1 if not cfg.train_size else None]}
     except ValueError as err:  # data.DataError included
         parser.error(str(err))
-    if problem := check_batch(cfg, next(iter(datasets.values())).num_train, devices):
+    num_train = next(iter(datasets.values())).num_train
+    rewind = (cycle.check_rewind_step(c, num_train) for arms in arms_of.values() for c in arms.values())
+    if problem := check_batch(cfg, num_train, devices) or next(filter(None, rewind), None):
         parser.error(problem)
-    options = cycle.RunOptions(devices=devices)
+    options = run_options(args, devices)
 
     def body() -> None:
         results: dict[str, dict[str, list[list[dict]]]] = {}
         seconds: list[float] = []
+        run_dirs: list[Path] = []
         root.mkdir(parents=True, exist_ok=True)
         records.write_json(root / "config.json", {**cfg.to_dict(), "scale": args.scale})
         for method in args.methods:
@@ -226,7 +240,8 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
                     rows = cycle.run(arm_cfg, dataset, run_dir, f"{spec.name} {method} {arm} seed {seed}", options)
                     results.setdefault(method, {}).setdefault(arm, []).append(records.cycle_rows(rows))
                     seconds += cycle_wall_seconds(rows)
-        print(write_report(spec, cfg, args.scale, root, results, float(np.median(seconds)), args.k))
+                    run_dirs.append(run_dir)
+        print(write_report(spec, cfg, args.scale, root, results, float(np.median(seconds)), args.k, run_dirs))
         print(f"written: {root / 'table.md'}")
 
     return guarded(parser, body, root)

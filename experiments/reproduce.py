@@ -25,9 +25,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ap_jax import config, cycle, data, feeds, official, parallel
+from ap_jax import config, conv, cycle, data, feeds, official, parallel
 from ap_jax.config import RunConfig
-from experiments.compare_ap import DATA_NOTE, check_batch, check_out, guarded
+from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
 
 if TYPE_CHECKING:  # ap_jax.report imports matplotlib: only once there is something to report
     from ap_jax.report import Scale
@@ -100,6 +100,8 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         name, sep, text = pair.partition("=")
         name = name.replace("-", "_")
+        if name == "seed":
+            raise ValueError(f"--set {pair!r}: the seeds are --seeds, e.g. --seeds 0 1 2")
         if not sep or name not in fields:
             raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD a RunConfig field "
                              f"(e.g. epochs=1); known fields: {', '.join(fields)}")
@@ -169,21 +171,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--report-path", default="REPRODUCTION.md",
                         help="where the report goes (default: REPRODUCTION.md); figures go to "
                              "<out>/figures")
+    add_run_options(parser)
     parallel.add_args(parser)
     return parser
 
 
-def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, devices: int) -> Iterator[Job]:
+def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.RunOptions) -> Iterator[Job]:
     """Run (or reuse, or resume) every job in order, loading each dataset variant once."""
     datasets: dict[tuple[str, int, int], feeds.AnyDataset] = {}
-    options = cycle.RunOptions(devices=devices)
     for i, job in enumerate(jobs):
         key = (job.cfg.dataset, job.cfg.train_size, job.cfg.seed if job.cfg.train_size else 0)
         if key not in datasets:
             datasets[key] = feeds.load(job.cfg.dataset, data_dir, train_size=job.cfg.train_size or None,
                                       seed=job.cfg.seed)
         dataset = datasets[key]
-        if problem := check_batch(job.cfg, int(dataset.x_train.shape[0]), devices):
+        num_train = int(dataset.x_train.shape[0])
+        if problem := check_batch(job.cfg, num_train, options.devices) or cycle.check_rewind_step(job.cfg, num_train):
             raise ValueError(problem)
         label = f"[{i + 1}/{len(jobs)}] {job.part} {job.arm} seed {job.seed}"
         cycle.run(job.cfg, dataset, job.run_dir(out), label, options)
@@ -198,14 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         jobs = grid(args.parts, args.seeds, parse_overrides(args.set), args.arms)
         devices = parallel.devices_from_args(args)
+        conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(out)
+        check_out(Path(args.report_path).parent, "--report-path")  # written last: known writable now
     except ValueError as err:
         parser.error(str(err))
 
     def body() -> None:
         if not args.report:
             out.mkdir(parents=True, exist_ok=True)
-            for job in run_jobs(jobs, out, args.data_dir, devices):
+            for job in run_jobs(jobs, out, args.data_dir, run_options(args, devices)):
                 print(f"done: {job.part} {job.arm} seed {job.seed}", file=sys.stderr)
         from ap_jax import report  # matplotlib only once there is something to report
 

@@ -214,3 +214,27 @@ def test_hash_unchanged_at_defaults_and_old_config_json_reads_as_defaults():
     assert config.differences(old, dataclasses.replace(cfg, ap_variant="change_all_signs")) == [
         "--ap-variant 'ap' vs 'change_all_signs'"]
     assert config.differences(cfg.to_dict(), cfg) == []
+
+
+def test_ap_takes_negative_bn_scales_when_they_are_prunable():
+    # Official-code setting (mask_bn_scale): gamma joins the pool as a (C, 1) kernel, before the
+    # conv kernel in tree order ("bn" < "conv"). Scales barely moved, the kernel moved by 0.3.
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(2, 2, 1, 3)).astype(np.float32)
+    scale = np.array([-0.5, 0.9, -0.7], np.float32)
+    zeros = np.zeros(3, np.float32)
+    params = {"bn": {"bias": zeros, "scale": scale}, "conv": {"bias": zeros, "kernel": kernel}}
+    ref = {"bn": {"bias": zeros, "scale": scale - np.float32([0.01, 0.02, 0.03])},
+           "conv": {"bias": zeros, "kernel": kernel + np.float32(0.3)}}
+    got = ap.ap_prune(masks.init(params), params, ref, rate=0.4, ap_rate=0.2, mask_bn_scale=True)
+
+    w = np.concatenate([scale, kernel.ravel()])
+    change = np.abs(np.concatenate([scale - ref["bn"]["scale"], kernel.ravel() - ref["conv"]["kernel"].ravel()]))
+    alive = np.ones(15, bool)
+    alive[np.argsort(np.abs(w), kind="stable")[:3]] = False  # X: round(0.2 * 15) smallest |w|
+    negatives = np.flatnonzero(alive & (w < 0))
+    alive[negatives[np.argsort(change[negatives], kind="stable")][:3]] = False  # AP: round(0.2 * 15)
+    assert not alive[0] and alive[1] and not alive[2]  # both negative scales went to AP
+    np.testing.assert_array_equal(got["bn"]["scale"], alive[:3])
+    np.testing.assert_array_equal(got["conv"]["kernel"], alive[3:].reshape(kernel.shape))
+    assert got["bn"]["bias"].all() and got["conv"]["bias"].all()

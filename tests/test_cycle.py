@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ap_jax import config, masks, methods, models, records
+from ap_jax import config, cycle, masks, methods, models, records
 from experiments import compare_ap
 
 TINY = ["--model", "mlp", "--cycles", "2", "--epochs", "1", "--batch-size", "40",
@@ -66,6 +66,17 @@ def test_missing_data_is_a_one_line_error(tmp_path):
     last = result.stderr.strip().splitlines()
     assert "nowhere" in last[-1] and "dataset_info.json" in last[-1] and "--data-dir" in last[-1]
     assert "Traceback" not in result.stderr
+
+
+def test_prune_draws_are_not_a_training_stream():
+    # The driver splits the seed's key into the init and training keys; with partitionable
+    # threefry a split is a fold_in of 0 and 1, so a stream tag of 0 or 1 would repeat them.
+    with jax.threefry_partitionable(True):
+        seed_key = jax.random.key(0)
+        used = {tuple(np.asarray(jax.random.key_data(k))) for k in jax.random.split(seed_key)}
+        for stream in (cycle.PRUNE_STREAM, cycle.REINIT_STREAM):
+            assert tuple(np.asarray(jax.random.key_data(jax.random.fold_in(seed_key, stream)))) not in used
+        assert tuple(np.asarray(jax.random.key_data(jax.random.fold_in(seed_key, 1)))) in used  # the hazard is real
 
 
 def test_config_hash_is_canonical_and_changes_with_fields():

@@ -127,6 +127,35 @@ def test_metrics_edited_into_invalid_json(finished, fake_data, capsys):
     metrics.write_text("".join(lines))
 
 
+@pytest.mark.parametrize("name,text,message", [
+    ("config.json", "[1, 2]", "config.json is not a config (a JSON object of fields)"),
+    ("provenance.json", "{broken", "provenance.json is not valid JSON"),
+])
+def test_damaged_run_files(name, text, message, fake_data, tmp_path, capsys):
+    assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
+    (root,) = tmp_path.iterdir()
+    arm = root / "lth" / "seed_3"
+    rows = (arm / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (arm / "metrics.jsonl").write_text("".join(rows[:-1]))  # unfinished, so the run files are read
+    (arm / name).write_text(text)
+    line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
+    assert f"{arm / name}" in line and message in line
+
+
+def test_resume_with_a_config_of_wrong_types(finished, tmp_path, capsys):
+    stored = json.loads((finished / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**stored, "cycles": "1"}))
+    line = error_line(capsys, "--resume", tmp_path)
+    assert "a config field has the wrong type" in line
+
+
+def test_bad_conv_environment_variable(fake_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("AP_JAX_CONV", "fastest")
+    line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
+    assert "environment variable AP_JAX_CONV='fastest': must be one of auto, fast, lax" in line
+    assert not any(tmp_path.iterdir())
+
+
 def test_disk_full_at_a_checkpoint_then_at_a_row(fake_data, tmp_path, capsys, monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "x")

@@ -64,10 +64,11 @@ def dataset(fake_data):
 
 @pytest.fixture(scope="module")
 def one_step_runs(dataset, tmp_path_factory):
-    """lth, lrr, finetune and oneshot (+AP, 3 cycles' sparsity) with one SGD step per cycle."""
+    """lth, lrr, finetune, oneshot (+AP, 3 cycles' sparsity) and lrr+AP with one SGD step per cycle."""
     configs = {"lth": ONE_STEP, "lrr": dataclasses.replace(ONE_STEP, method="lrr"),
                "finetune": dataclasses.replace(ONE_STEP, method="finetune", finetune_lr=FINETUNE_LR),
-               "oneshot": dataclasses.replace(ONE_STEP, method="oneshot", cycles=3, ap_rate=0.02)}
+               "oneshot": dataclasses.replace(ONE_STEP, method="oneshot", cycles=3, ap_rate=0.02),
+               "lrr_ap": dataclasses.replace(ONE_STEP, method="lrr", ap_rate=0.02)}
     root = tmp_path_factory.mktemp("one_step")
     return {name: (cycle.run(cfg, dataset, root / name), root / name) for name, cfg in configs.items()}
 
@@ -105,6 +106,19 @@ def test_oneshot_prunes_once_to_the_final_sparsity_with_ap_taking_q_over_p(one_s
     total = sum(m.size for _, m in masks.prunable_leaves(second["mask"]))
     assert abs(records.cycle_rows(rows)[1]["remaining"] - 0.512) <= 1 / total
     assert [r["remaining"] for r in records.cycle_rows(rows)][0] == 1.0
+
+
+def test_ap_measures_each_cycle_against_that_cycles_own_start(one_step_runs):
+    # LRR starts cycle 1 from cycle 0's end, not theta_0: AP's W_0 must be that start.
+    _, run_dir = one_step_runs["lrr_ap"]
+    artifacts = [checkpoint.read_cycle(run_dir, c) for c in range(3)]
+    for c in (0, 1):
+        mask, start, end = artifacts[c]["mask"], artifacts[c]["start"], artifacts[c]["end"]
+        want = ap.ap_prune(mask, end["params"], start["params"], rate=0.2, ap_rate=0.02)
+        assert_tree_equal(artifacts[c + 1]["mask"], want, f"mask after cycle {c}")
+    with_theta0 = ap.ap_prune(artifacts[1]["mask"], artifacts[1]["end"]["params"], artifacts[0]["start"]["params"],
+                              rate=0.2, ap_rate=0.02)
+    assert any(not np.array_equal(a, b) for a, b in zip(leaves(with_theta0), leaves(artifacts[2]["mask"])))
 
 
 def test_a_rerun_of_a_finished_oneshot_run_is_reused(one_step_runs, dataset):

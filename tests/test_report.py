@@ -124,6 +124,16 @@ def test_written_report(study, tmp_path):
         assert f"](figures/{name}.png)" in text
 
 
+def test_commits_keep_their_dirty_mark(study):
+    out, jobs = study
+    path = jobs[0].run_dir(out) / "provenance.json"
+    prov = json.loads(path.read_text())
+    prov["resumed"] = [{"command": prov["command"], "git_commit": "0123456789abcdef0123+dirty", "started": "x"}]
+    path.write_text(json.dumps(prov))
+    text = report.write(out, out / "REPRODUCTION.md", jobs).read_text()
+    assert "- git commits: `0123456789ab+dirty`, `abc123`" in text
+
+
 def test_incomplete_runs_are_listed_not_counted(study):
     out, jobs = study
     lines = (jobs[0].run_dir(out) / "metrics.jsonl").read_text().splitlines()

@@ -38,6 +38,7 @@ def test_overrides_are_typed():
     (["--set", "epochs=two"], "--set 'epochs=two'"),
     (["--set", "rate=1.5"], "--rate must be in [0, 1)"),
     (["--arms", "nope"], "invalid choice"),
+    (["--set", "seed=1"], "the seeds are --seeds"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
@@ -54,6 +55,15 @@ def test_output_under_a_file_is_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert stop.value.code == 2 and "Traceback" not in err
     assert f"cannot write to {tmp_path / 'file' / 'study'}: {tmp_path / 'file'} is a file" in err
+
+
+def test_report_path_under_a_file_is_refused_before_any_run(capsys, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--out", str(tmp_path / "study"), "--report-path", str(tmp_path / "file" / "R.md")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "is a file, not a directory; pass a writable --report-path" in err
+    assert not (tmp_path / "study").exists()
 
 
 def test_help(capsys):

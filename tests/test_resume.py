@@ -7,6 +7,7 @@ times (so none lost or duplicated) and every cycle's mask, start and end params 
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,6 +97,22 @@ def test_sigint_then_cut_row_and_corrupt_checkpoint_resume_exactly(fake_data, re
     with pytest.warns(checkpoint.CheckpointWarning, match="checkpoints/2 is unreadable"):
         assert run_main(fake_data, tmp_path) == 0
     assert_same_run(tmp_path / reference.name, reference)
+
+
+def test_rows_without_checkpoints_start_again_and_end_the_same(fake_data, reference, tmp_path):
+    """A clone of a repository that commits metrics.jsonl but not checkpoints: the run warns,
+    starts from its first epoch, and ends where the uninterrupted run did."""
+    assert run_main(fake_data, tmp_path) == 0
+    root = tmp_path / reference.name
+    for arm in ARMS:
+        run_dir = root / arm / "seed_3"
+        for sub in ("checkpoints", "cycles", "theta0"):
+            shutil.rmtree(run_dir / sub)
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+        (run_dir / "metrics.jsonl").write_text("".join(lines[:2]))
+    with pytest.warns(checkpoint.CheckpointWarning, match="2 rows but no checkpoint to resume them from"):
+        assert run_main(fake_data, tmp_path) == 0
+    assert_same_run(root, reference)
 
 
 def test_same_seed_twice_gives_identical_rows(fake_data, tmp_path):

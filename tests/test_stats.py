@@ -22,8 +22,8 @@ class TinyNet(nn.Module):
         return nn.Dense(3, name="head")(x)
 
 
-def numpy_forward_zeros(params, x):
-    """Per-channel zero counts of both ReLUs, computed with numpy from the same params."""
+def numpy_activations(params, x):
+    """Both ReLUs' outputs, computed with numpy from the same params."""
     k = np.asarray(params["conv"]["kernel"], np.float64)
     n, h, w, _ = x.shape
     conv = np.zeros((n, h - 2, w - 2, k.shape[-1]))
@@ -32,8 +32,19 @@ def numpy_forward_zeros(params, x):
             conv[:, i, j, :] = np.einsum("nabc,abco->no", x[:, i:i + 3, j:j + 3, :], k)
     a1 = np.maximum(conv + np.asarray(params["conv"]["bias"]), 0)
     d = a1.reshape(n, -1) @ np.asarray(params["dense"]["kernel"]) + np.asarray(params["dense"]["bias"])
-    a2 = np.maximum(d, 0)
-    return (a1 == 0).sum(axis=(0, 1, 2)), (a2 == 0).sum(axis=0), a1[..., 0].size, n
+    return a1, np.maximum(d, 0)
+
+
+def numpy_forward_zeros(params, x):
+    """Per-channel zero counts of both ReLUs, and their outputs per channel."""
+    a1, a2 = numpy_activations(params, x)
+    return (a1 == 0).sum(axis=(0, 1, 2)), (a2 == 0).sum(axis=0), a1[..., 0].size, x.shape[0]
+
+
+def numpy_dead_maps(params, x):
+    """Per channel, the examples whose whole map is zero (a dense unit's map is the unit)."""
+    a1, a2 = numpy_activations(params, x)
+    return (a1 == 0).all(axis=(1, 2)).sum(axis=0), (a2 == 0).sum(axis=0)
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -58,6 +69,13 @@ def test_relu_counts_match_numpy_with_always_dead_units(jit):
     assert int(counts["relu_dense"]["zeros"][2]) == 6
 
     rate = apj.stats.dead_neuron_rate(counts)
+    conv_maps, dense_maps = numpy_dead_maps(params, x)
+    np.testing.assert_array_equal(counts["relu_conv"]["dead_maps"], conv_maps)
+    np.testing.assert_array_equal(counts["relu_dense"]["dead_maps"], dense_maps)  # a unit is its own map
+    assert conv_maps[0] == 6 and int(counts["relu_conv"]["examples"]) == 6
+    assert rate["overall_channel"] == pytest.approx((conv_maps.sum() + dense_maps.sum()) / (6 * 4 + 6 * 5))
+    assert rate["per_layer_channel"] == pytest.approx(
+        {"relu_conv": conv_maps.sum() / 24, "relu_dense": dense_maps.sum() / 30})
     total_zeros = conv_zeros.sum() + dense_zeros.sum()
     total_outputs = conv_positions * 4 + dense_positions * 5
     assert rate["overall"] == pytest.approx(total_zeros / total_outputs)

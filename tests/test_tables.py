@@ -60,6 +60,17 @@ def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_rewind_step_past_a_cycle_is_refused_before_any_run(fake_data, capsys, tmp_path):
+    table1 = importlib.import_module("experiments.table1")
+    argv = ["--scale", "cpu", "--methods", "finetune", "lth_rewind", "--rewind-step", "1000", "--train-size", "120",
+            "--batch-size", "40", "--epochs", "2", "--data-dir", str(fake_data), "--out", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as stop:
+        table1.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "--rewind-step 1000 must be in [1, 6)" in err  # 2 epochs x 120 // 40
+    assert not (tmp_path / "out").exists()  # finetune, listed first, did not run either
+
+
 def test_output_under_a_file_is_one_line(capsys, tmp_path):
     (tmp_path / "file").write_text("not a directory")
     with pytest.raises(SystemExit) as stop:
@@ -93,6 +104,13 @@ def test_tiny_table1(fake_data, tmp_path):
     check_table_matches_runs(root, "lth", [1.0, 0.8, 0.64][2:])  # levels <= cycles: the sparsest only
     assert json.loads((root / "config.json").read_text())["scale"] == "cpu"
     assert "measured wall time per cycle" in (root / "table.md").read_text()
+    # A run made by an earlier invocation keeps its command, and table.md lists both.
+    prov_path = root / "lth" / "X" / "seed_0" / "provenance.json"
+    prov = json.loads(prov_path.read_text())
+    prov_path.write_text(json.dumps({**prov, "command": "python -m experiments.table1 --earlier"}))
+    assert module.main(argv) == 0
+    commands = next(line for line in (root / "table.md").read_text().splitlines() if line.startswith("- commands: "))
+    assert "`python -m experiments.table1 --earlier`" in commands and f"`{prov['command']}`" in commands
 
 
 def test_tiny_table3_on_cifar100(tmp_path):

@@ -51,6 +51,41 @@ def test_lr_schedule_hand_values():
         [0.0, 0.05, 0.1, 0.1, 0.01, 0.001])
 
 
+def test_drops_on_one_step_multiply():
+    # 2/3 and 5/6 of 3 steps both round to step 2: the LR falls by both drops there.
+    schedule = train.lr_schedule(train.OptimConfig(lr=0.1, lr_drops=(2 / 3, 5 / 6)), 3)
+    assert [float(schedule(s)) for s in (0, 1, 2)] == pytest.approx([0.1, 0.1, 0.001])
+
+
+def _counts(opt_state) -> list[int]:
+    """Every ``count`` field of an optax state, read by name."""
+    found = []
+    jax.tree_util.tree_map_with_path(
+        lambda path, x: found.append(int(x)) if "count" in jax.tree_util.keystr(path) else None, opt_state)
+    return found
+
+
+def test_skipped_nonfinite_step_keeps_state_but_counts_for_the_schedule():
+    model = models.get("mlp")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    params = jax.tree_util.tree_map(lambda p: p.at[(0,) * p.ndim].set(jnp.nan), variables["params"])
+    cfg = train.OptimConfig(lr=0.1, momentum=0.9, lr_drops=(0.5,))
+    tx = train.optimizer(cfg, train.lr_schedule(cfg, 4), params)
+    state = train.fresh_state(params, {}, apj.masks.init(params), tx)
+    steps = train.make_steps(model, tx, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), skip_nonfinite=True)
+    images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    labels = jnp.arange(8, dtype=jnp.int32)
+    old = jax.device_get((state.params, state.opt_state))  # the step donates its input state
+    new, metrics = steps.train(state, images, labels, jnp.arange(8), jax.random.key(1))
+    assert not np.isfinite(float(metrics["loss"])) and int(new.step) == 1
+    assert _counts(old[1]) and set(_counts(old[1])) == {0}
+    assert set(_counts(new.opt_state)) == {1}  # the schedule moves on: step 2 gets the dropped LR
+    for before, after in zip(jax.tree_util.tree_leaves(old),
+                             jax.tree_util.tree_leaves((new.params, new.opt_state))):
+        if after.dtype != jnp.int32:
+            np.testing.assert_array_equal(before, after)  # weights and momenta untouched (NaNs equal)
+
+
 @pytest.mark.parametrize("decay_all", [False, True])
 def test_optimizer_step_matches_hand_sgd(decay_all):
     params = {"dense": {"kernel": jnp.array([[1.0, -2.0]]), "bias": jnp.array([0.5, 0.5])}}
