@@ -62,6 +62,7 @@ import hashlib
 import io
 import math
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -168,7 +169,8 @@ def _label_cache_path(ds_dir: Path, split: str, cache_dir: Path) -> Path:
 
 
 def split_labels(records: Sequence[dict[str, Any]], ds_dir: Path, split: str, cache_dir: Path) -> np.ndarray:
-    """Every label of a split in record order (int32), read once and then kept in ``cache_dir``."""
+    """Every label of a split in record order (int32), read once and then kept in ``cache_dir``
+    (a cache that cannot be written is a warning: the labels are read again next time)."""
     path = _label_cache_path(ds_dir, split, cache_dir)
     if path.is_file():
         return np.load(path)
@@ -176,11 +178,15 @@ def split_labels(records: Sequence[dict[str, Any]], ds_dir: Path, split: str, ca
     for start in range(0, len(records), LABEL_CHUNK):
         chunk = records.__getitems__(range(start, min(start + LABEL_CHUNK, len(records))))
         labels[start : start + len(chunk)] = [r["label"] for r in chunk]
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")
-    with open(partial, "wb") as f:
-        np.save(f, labels)
-    os.replace(partial, path)  # atomic: concurrent processes never read a half-written file
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(partial, "wb") as f:
+            np.save(f, labels)
+        os.replace(partial, path)  # atomic: concurrent processes never read a half-written file
+    except OSError as err:
+        warnings.warn(f"cannot write the label cache {path} ({err.strerror or err}); the labels are read "
+                      "again next time", stacklevel=2)
     return labels
 
 

@@ -200,6 +200,13 @@ def test_imagenet200_label_index_is_read_from_the_cache(fake, tmp_path):
     assert len(first) == len(SUBSET_TRAIN) and len(second) == len(TRAIN_LABELS)
 
 
+def test_an_unwritable_label_cache_is_a_warning(fake, tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.warns(UserWarning, match="cannot write the label cache"):
+        split = stream.open_split("imagenet200", "train", fake[0], cache_dir=tmp_path / "file" / "cache")
+    assert len(split) == len(SUBSET_TRAIN)
+
+
 # ---------------------------------------------------------------- errors
 
 
