@@ -42,7 +42,7 @@ class CheckpointError(RuntimeError):
 
 
 class CheckpointWarning(UserWarning):
-    """A damaged checkpoint was skipped in favour of an older one."""
+    """A damaged checkpoint was skipped in favour of an older one, or rows had none to resume from."""
 
 
 @dataclasses.dataclass(frozen=True)

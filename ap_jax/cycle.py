@@ -150,9 +150,11 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | N
     if path.exists():
         try:
             first = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise RunDirError(f"{path} is not valid JSON ({err}); restore it, or delete it to go on with a "
-                              "new provenance record (the run's rows and checkpoints are kept)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            first = None
+        if not isinstance(first, dict):
+            raise RunDirError(f"{path} is not a provenance record (a JSON object): restore it, or delete it to go "
+                              "on with a new one (the run's rows and checkpoints are kept)")
         first.setdefault("resumed", []).append({k: now[k] for k in ("command", "git_commit", "started")})
         now = first
     records.write_json(path, now)

@@ -78,8 +78,9 @@ def budget(alive: jax.Array, fraction: Any) -> jax.Array:
     The same under ``jit`` and eagerly, with ``fraction`` traced or not. A float32 holds every
     count below 2**24 exactly; above it (ResNet-50's 25.5 M weights, VGG-19's 20 M) the product's
     own rounding can move the budget by a weight or two against exact arithmetic (at most 2 in
-    10**8), a relative error under 1e-7. Python's ``round(rate * alive)`` in float64 can also differ
-    by one where the product is within float32 rounding of a half (``0.18 * 25``).
+    10**8), a relative error under 1e-7. A budget computed in Python float64 can also differ by one
+    where the product sits within float32 rounding of a half: X's share ``0.2 - 0.02`` of 25 is
+    4.500000000000001 in float64 (5) but 4.5 in float32 (4, half to even).
     """
     product = jnp.asarray(fraction, jnp.float32) * jnp.asarray(alive).astype(jnp.float32)
     return jnp.round(product).astype(jnp.int32)

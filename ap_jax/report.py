@@ -432,6 +432,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
     ]
     if command:
         lines[3:3] = ["", f"Regenerate (runs what is missing, then rewrites this file): `{command}`"]
+    report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text("\n".join(lines))
     return report_path
 

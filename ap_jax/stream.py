@@ -57,6 +57,7 @@ parsing, about 0.1 ms) ever limits throughput, grain's multiprocessing is the ne
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -178,13 +179,15 @@ def split_labels(records: Sequence[dict[str, Any]], ds_dir: Path, split: str, ca
     for start in range(0, len(records), LABEL_CHUNK):
         chunk = records.__getitems__(range(start, min(start + LABEL_CHUNK, len(records))))
         labels[start : start + len(chunk)] = [r["label"] for r in chunk]
+    partial = path.with_suffix(f".{os.getpid()}.tmp")
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.tmp")
         with open(partial, "wb") as f:
             np.save(f, labels)
         os.replace(partial, path)  # atomic: concurrent processes never read a half-written file
     except OSError as err:
+        with contextlib.suppress(OSError):  # a half-written temporary, if any
+            partial.unlink()
         warnings.warn(f"cannot write the label cache {path} ({err.strerror or err}); the labels are read "
                       "again next time", stacklevel=2)
     return labels

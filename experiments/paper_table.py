@@ -147,14 +147,15 @@ def sources_table(spec: TableSpec, cfg: RunConfig, scale: str) -> str:
 
 
 def provenance_lines(run_dirs: Sequence[Path]) -> list[str]:
-    """The distinct commands, commits and devices that produced the runs in ``run_dirs`` (a run
-    reused from an earlier invocation keeps the command that made it)."""
-    provs = [json.loads((d / "provenance.json").read_text()) for d in run_dirs]
+    """The distinct commands and commits that started or resumed the runs in ``run_dirs`` (a run
+    reused from an earlier invocation keeps the command that made it), and their devices."""
+    firsts = [json.loads((d / "provenance.json").read_text()) for d in run_dirs]
+    provs = [*firsts, *(r for p in firsts for r in p.get("resumed", []))]  # every start, resumes too
     seen = {
         "command": sorted({f"`{p['command']}`" for p in provs}),
         "git commit": sorted({f"`{p['git_commit']}`" for p in provs}),
         "device": sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU "
-                          f"{p['device']['cpu']}" for p in provs}),
+                          f"{p['device']['cpu']}" for p in firsts}),
     }
     return [f"- {name}{'s' if len(values) > 1 else ''}: {'; '.join(values)}" for name, values in seen.items()]
 

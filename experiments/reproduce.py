@@ -185,8 +185,7 @@ def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.Ru
             datasets[key] = feeds.load(job.cfg.dataset, data_dir, train_size=job.cfg.train_size or None,
                                       seed=job.cfg.seed)
         dataset = datasets[key]
-        num_train = int(dataset.x_train.shape[0])
-        if problem := check_batch(job.cfg, num_train, options.devices) or cycle.check_rewind_step(job.cfg, num_train):
+        if problem := check_batch(job.cfg, dataset.num_train, options.devices):
             raise ValueError(problem)
         label = f"[{i + 1}/{len(jobs)}] {job.part} {job.arm} seed {job.seed}"
         cycle.run(job.cfg, dataset, job.run_dir(out), label, options)
@@ -200,10 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     try:
         jobs = grid(args.parts, args.seeds, parse_overrides(args.set), args.arms)
+        if problem := next(filter(None, (cycle.check_rewind_step(j.cfg, j.cfg.train_size or TRAIN_EXAMPLES)
+                                         for j in jobs)), None):
+            raise ValueError(problem.replace("--rewind-step ", "--set rewind_step="))
         devices = parallel.devices_from_args(args)
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(out)
-        check_out(Path(args.report_path).parent, "--report-path")  # written last: known writable now
+        check_out(Path(args.report_path).parent, "--report-path")  # written last: known writable now (or creatable)
     except ValueError as err:
         parser.error(str(err))
 

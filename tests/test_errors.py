@@ -129,7 +129,8 @@ def test_metrics_edited_into_invalid_json(finished, fake_data, capsys):
 
 @pytest.mark.parametrize("name,text,message", [
     ("config.json", "[1, 2]", "config.json is not a config (a JSON object of fields)"),
-    ("provenance.json", "{broken", "provenance.json is not valid JSON"),
+    ("provenance.json", "{broken", "provenance.json is not a provenance record (a JSON object)"),
+    ("provenance.json", "[]", "provenance.json is not a provenance record (a JSON object)"),
 ])
 def test_damaged_run_files(name, text, message, fake_data, tmp_path, capsys):
     assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0

@@ -124,6 +124,13 @@ def test_written_report(study, tmp_path):
         assert f"](figures/{name}.png)" in text
 
 
+def test_report_goes_into_a_new_folder_with_links_that_resolve(study):
+    out, jobs = study
+    path = report.write(out, out / "docs" / "REPRODUCTION.md", jobs)
+    assert "](../figures/mlp_accuracy_dnr.png)" in path.read_text()
+    assert (path.parent / "../figures/mlp_accuracy_dnr.png").is_file()
+
+
 def test_commits_keep_their_dirty_mark(study):
     out, jobs = study
     path = jobs[0].run_dir(out) / "provenance.json"

@@ -39,6 +39,8 @@ def test_overrides_are_typed():
     (["--set", "rate=1.5"], "--rate must be in [0, 1)"),
     (["--arms", "nope"], "invalid choice"),
     (["--set", "seed=1"], "the seeds are --seeds"),
+    (["--parts", "resnet20", "--set", "method=lth_rewind", "rewind_step=1000"],
+     "--set rewind_step=1000 must be in [1, 936)"),  # 12 epochs x 10k // 128
 ])
 def test_bad_input_is_one_line(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:

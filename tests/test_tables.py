@@ -107,10 +107,14 @@ def test_tiny_table1(fake_data, tmp_path):
     # A run made by an earlier invocation keeps its command, and table.md lists both.
     prov_path = root / "lth" / "X" / "seed_0" / "provenance.json"
     prov = json.loads(prov_path.read_text())
-    prov_path.write_text(json.dumps({**prov, "command": "python -m experiments.table1 --earlier"}))
+    resumed = {"command": "python -m experiments.table1 --resumed", "git_commit": "abc+dirty", "started": "x"}
+    prov_path.write_text(json.dumps({**prov, "command": "python -m experiments.table1 --earlier", "resumed": [resumed]}))
     assert module.main(argv) == 0
-    commands = next(line for line in (root / "table.md").read_text().splitlines() if line.startswith("- commands: "))
-    assert "`python -m experiments.table1 --earlier`" in commands and f"`{prov['command']}`" in commands
+    lines = (root / "table.md").read_text().splitlines()
+    commands = next(line for line in lines if line.startswith("- commands: "))
+    for command in ("python -m experiments.table1 --earlier", "python -m experiments.table1 --resumed", prov["command"]):
+        assert f"`{command}`" in commands
+    assert "`abc+dirty`" in next(line for line in lines if line.startswith("- git commits: "))
 
 
 def test_tiny_table3_on_cifar100(tmp_path):

@@ -23,7 +23,7 @@ always be 0 %. We count instead the outputs whose pre-activation is ``<= 0``, i.
 ReLU in the same place would zero (the "ReLU-equivalent" dead share; GELU there is in (-0.17, 0]).
 ``GELU`` below does it by feeding its input to an ``ap_jax.stats.ReLU`` named
 ``relu_equivalent`` only for its sown counts (``relu(x) == 0`` exactly when ``x <= 0``), so the
-counts land in the same ``relu_stats`` collection with the same ``zeros``/``positions`` keys and
+counts land in the same ``relu_stats`` collection with the same keys as a ReLU's and
 ``ap_jax.stats.dead_neuron_rate`` works unchanged; one site per encoder block. A "unit" is a
 hidden MLP feature at one token position (channel x position, as for conv nets).
 """
