@@ -57,6 +57,12 @@ class Position:
     rows: list[Row]  # the rows this checkpoint covers that were written after the previous one
 
 
+def has_states(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds any train-state checkpoint step (readable or not)."""
+    states = run_dir / "checkpoints"
+    return states.is_dir() and any(p.name.isdigit() for p in states.iterdir())
+
+
 def one_line(err: BaseException, limit: int = 300) -> str:
     """``Type: message`` of ``err`` squeezed onto one line and cut to ``limit`` characters."""
     text = " ".join(f"{type(err).__name__}: {err}".split())

@@ -142,8 +142,11 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
                           "given); pass the flags it was run with, or another --out")
 
 
-def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None) -> None:
-    """config.json, and provenance.json (on a resume, the new start is added under ``resumed``)."""
+def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None,
+                     restarted: bool = False) -> None:
+    """config.json, and provenance.json: on a resume the new start is added under ``resumed``; on a
+    restart from the first epoch (rows but no checkpoint) it becomes the record, and the earlier
+    starts, which produced none of the rows now written, go under ``abandoned``."""
     records.write_json(run_dir / "config.json", cfg.to_dict())
     mesh = parallel.describe(parallel.make_mesh(devices))
     path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh)
@@ -155,8 +158,13 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | N
         if not isinstance(first, dict):
             raise RunDirError(f"{path} is not a provenance record (a JSON object): restore it, or delete it to go "
                               "on with a new one (the run's rows and checkpoints are kept)")
-        first.setdefault("resumed", []).append({k: now[k] for k in ("command", "git_commit", "started")})
-        now = first
+        start = {k: now[k] for k in ("command", "git_commit", "started")}
+        if restarted:
+            earlier = [{k: first.get(k) for k in start}, *first.get("resumed", [])]
+            now["abandoned"] = [*first.get("abandoned", []), *earlier]
+        else:
+            first.setdefault("resumed", []).append(start)
+            now = first
     records.write_json(path, now)
 
 
@@ -346,7 +354,7 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     if is_complete(rows, cfg):
         return rows
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_files(run_dir, cfg, label, options.devices)
+    _write_run_files(run_dir, cfg, label, options.devices, restarted=bool(rows) and not checkpoint.has_states(run_dir))
     driver = _Run(cfg, dataset, run_dir, label, options)
     try:
         return driver.run(rows)

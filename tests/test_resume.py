@@ -6,6 +6,7 @@ kill point. The end result must equal an uninterrupted run: metrics rows equal a
 times (so none lost or duplicated) and every cycle's mask, start and end params bitwise equal.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -110,9 +111,13 @@ def test_rows_without_checkpoints_start_again_and_end_the_same(fake_data, refere
             shutil.rmtree(run_dir / sub)
         lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
         (run_dir / "metrics.jsonl").write_text("".join(lines[:2]))
+    first = json.loads((root / "lth" / "seed_3" / "provenance.json").read_text())
     with pytest.warns(checkpoint.CheckpointWarning, match="2 rows but no checkpoint to resume them from"):
         assert run_main(fake_data, tmp_path) == 0
     assert_same_run(root, reference)
+    prov = json.loads((root / "lth" / "seed_3" / "provenance.json").read_text())
+    assert prov["started"] > first["started"] and "resumed" not in prov  # the rows are the new start's
+    assert prov["abandoned"] == [{k: first[k] for k in ("command", "git_commit", "started")}]
 
 
 def test_same_seed_twice_gives_identical_rows(fake_data, tmp_path):
