@@ -134,6 +134,9 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
         stored = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RunDirError(f"{path} is not valid JSON ({err}); delete {run_dir} to start that run again") from None
+    except OSError as err:  # e.g. a directory where the file should be
+        raise RunDirError(f"cannot read {path} ({err.strerror or err}); delete {run_dir} to start that run "
+                          "again") from None
     if not isinstance(stored, dict):
         raise RunDirError(f"{path} is not a config (a JSON object of fields); delete {run_dir} to start that "
                           "run again")
@@ -153,7 +156,7 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | N
     if path.exists():
         try:
             first = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
             first = None
         if not isinstance(first, dict):
             raise RunDirError(f"{path} is not a provenance record (a JSON object): restore it, or delete it to go "

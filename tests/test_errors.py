@@ -131,6 +131,7 @@ def test_metrics_edited_into_invalid_json(finished, fake_data, capsys):
     ("config.json", "[1, 2]", "config.json is not a config (a JSON object of fields)"),
     ("provenance.json", "{broken", "provenance.json is not a provenance record (a JSON object)"),
     ("provenance.json", "[]", "provenance.json is not a provenance record (a JSON object)"),
+    ("config.json", None, "cannot read"),  # a directory where the file should be
 ])
 def test_damaged_run_files(name, text, message, fake_data, tmp_path, capsys):
     assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
@@ -138,7 +139,11 @@ def test_damaged_run_files(name, text, message, fake_data, tmp_path, capsys):
     arm = root / "lth" / "seed_3"
     rows = (arm / "metrics.jsonl").read_text().splitlines(keepends=True)
     (arm / "metrics.jsonl").write_text("".join(rows[:-1]))  # unfinished, so the run files are read
-    (arm / name).write_text(text)
+    if text is None:
+        (arm / name).unlink()
+        (arm / name).mkdir()
+    else:
+        (arm / name).write_text(text)
     line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
     assert f"{arm / name}" in line and message in line
 
