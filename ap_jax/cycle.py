@@ -11,8 +11,9 @@ One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycle
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
 cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
-site (over units, and its per-channel variant over whole feature maps), and wall seconds. The DNR is measured after every epoch with BatchNorm in eval mode on the
-first ``dnr_size`` training examples as stored (a fixed, class-mixed, unaugmented subset), so the
+site (over units, and its per-channel variant over whole feature maps), and wall seconds. The
+DNR is measured after every epoch with BatchNorm in eval mode on the first ``dnr_size`` training
+examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
 
 The data is CIFAR on the device or ImageNet streamed from the host (``ap_jax.stream``); the run
@@ -357,7 +358,8 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     if is_complete(rows, cfg):
         return rows
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_files(run_dir, cfg, label, options.devices, restarted=bool(rows) and not checkpoint.has_states(run_dir))
+    restarted = bool(rows) and not checkpoint.has_states(run_dir)
+    _write_run_files(run_dir, cfg, label, options.devices, restarted)
     driver = _Run(cfg, dataset, run_dir, label, options)
     try:
         return driver.run(rows)

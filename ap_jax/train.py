@@ -189,7 +189,8 @@ def make_steps(
 
     With ``skip_nonfinite`` a step whose loss is NaN or inf leaves params, BatchNorm statistics
     and optimizer momenta as they were (the step counter and the optimizer's ``count`` still
-    advance, so the LR schedule stays aligned with the data); without it the update is applied and the caller decides what to do.
+    advance, so the LR schedule stays aligned with the data); without it the update is applied
+    and the caller decides what to do.
     ``mesh`` (default: every device) is the ``('data',)`` mesh the steps run on; the state comes
     back replicated on it. With ``count_relu`` the train step's metrics also hold
     ``"relu_counts"``: the ReLU counts of its (augmented, train-mode) batch, packed into one
