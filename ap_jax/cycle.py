@@ -126,21 +126,28 @@ def check_rewind_step(cfg: RunConfig, num_train: int) -> str | None:
     return methods.rewind_problem(methods.get(cfg.method), cfg.rewind_step, steps_per_cycle)
 
 
+def _read_json_object(path: Path, what: str, fix: str) -> dict:
+    """The JSON object stored in ``path``, or ``RunDirError`` saying it is not ``what`` and the ``fix``."""
+    try:
+        stored = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        reason = f"not valid JSON: {err}"
+    except OSError as err:  # e.g. a directory where the file should be
+        reason = f"cannot be read: {err.strerror or err}"
+    else:
+        if isinstance(stored, dict):
+            return stored
+        reason = f"a JSON {type(stored).__name__}"
+    raise RunDirError(f"{path} is not {what}: {reason}; {fix}")
+
+
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
     """Raise ``RunDirError`` if ``run_dir`` holds a run of a config other than ``cfg``."""
     path = run_dir / "config.json"
     if not path.exists():
         return
-    try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RunDirError(f"{path} is not valid JSON ({err}); delete {run_dir} to start that run again") from None
-    except OSError as err:  # e.g. a directory where the file should be
-        raise RunDirError(f"cannot read {path} ({err.strerror or err}); delete {run_dir} to start that run "
-                          "again") from None
-    if not isinstance(stored, dict):
-        raise RunDirError(f"{path} is not a config (a JSON object of fields); delete {run_dir} to start that "
-                          "run again")
+    stored = _read_json_object(path, "a config (a JSON object of fields)",
+                               f"delete {run_dir} to start that run again")
     if diffs := config.differences(stored, cfg):
         raise RunDirError(f"{run_dir} holds a run of another config ({'; '.join(diffs)}, stored vs "
                           "given); pass the flags it was run with, or another --out")
@@ -155,13 +162,8 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | N
     mesh = parallel.describe(parallel.make_mesh(devices))
     path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh)
     if path.exists():
-        try:
-            first = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError):
-            first = None
-        if not isinstance(first, dict):
-            raise RunDirError(f"{path} is not a provenance record (a JSON object): restore it, or delete it to go "
-                              "on with a new one (the run's rows and checkpoints are kept)")
+        first = _read_json_object(path, "a provenance record (a JSON object)", "restore it, or delete it "
+                                  "to go on with a new one (the run's rows and checkpoints are kept)")
         start = {k: now[k] for k in ("command", "git_commit", "started")}
         if restarted:
             earlier = [{k: first.get(k) for k in start}, *first.get("resumed", [])]

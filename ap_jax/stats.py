@@ -57,15 +57,20 @@ class ReLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = nn.relu(x)
         if self.is_mutable_collection(COLLECTION):
-            positions = int(np.prod(x.shape[:-1]))
+            positions = jnp.asarray(positions_per_channel(x.shape), jnp.int32)
             self.sow(COLLECTION, "zeros", count_zeros(y), init_fn=_zero, reduce_fn=_add)
-            self.sow(COLLECTION, "positions", jnp.asarray(positions, jnp.int32), init_fn=_zero, reduce_fn=_add)
+            self.sow(COLLECTION, "positions", positions, init_fn=_zero, reduce_fn=_add)
             self.sow(COLLECTION, "dead_maps", count_dead_maps(y), init_fn=_zero, reduce_fn=_add)
             self.sow(COLLECTION, "examples", jnp.asarray(x.shape[0], jnp.int32), init_fn=_zero, reduce_fn=_add)
         return y
 
 
 EXACT_FLOAT_COUNT = 2**24  # every integer up to 2**24 is a float32
+
+
+def positions_per_channel(shape: tuple[int, ...]) -> int:
+    """Outputs per channel of a channels-last activation: batch times spatial positions."""
+    return int(np.prod(shape[:-1]))
 
 
 def count_zeros(y: jax.Array) -> jax.Array:
@@ -78,7 +83,7 @@ def count_zeros(y: jax.Array) -> jax.Array:
     counts sum in int32.
     """
     axes = tuple(range(y.ndim - 1))
-    if int(np.prod(y.shape[:-1])) < EXACT_FLOAT_COUNT:
+    if positions_per_channel(y.shape) < EXACT_FLOAT_COUNT:
         return jnp.sum((y == 0).astype(jnp.float32), axis=axes).astype(jnp.int32)
     return jnp.sum(y == 0, axis=axes, dtype=jnp.int32)
 

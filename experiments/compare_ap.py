@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import os
 import sys
@@ -168,8 +169,7 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     except OSError as err:
-        print(f"{parser.prog}: error: cannot write {err.filename or out}: {err.strerror or err}; free "
-              "space or pass another --out, then rerun the same command to resume", file=sys.stderr)
+        print(f"{parser.prog}: error: {_file_failure(err, out)}", file=sys.stderr)
         return 2
     except jax.errors.JaxRuntimeError as err:
         print(f"{parser.prog}: error: {str(err).splitlines()[0]}; if the device ran out of memory, lower "
@@ -177,6 +177,19 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
               "resume", file=sys.stderr)
         return 2
     return 0
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def _file_failure(err: OSError, out: Path) -> str:
+    """One line for a failed file operation: a full or read-only disk is a failed write under
+    ``out``; anything else names the file and the operating system's reason."""
+    where, why = err.filename or out, err.strerror or err
+    if err.errno in WRITE_ERRNOS:
+        return (f"cannot write {where}: {why}; free space or pass another --out, then rerun the same "
+                "command to resume")
+    return f"{where}: {why}; fix or remove that file, then rerun the same command to resume"
 
 
 def check_out(out: Path, flag: str = "--out") -> None:

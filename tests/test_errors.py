@@ -131,7 +131,7 @@ def test_metrics_edited_into_invalid_json(finished, fake_data, capsys):
     ("config.json", "[1, 2]", "config.json is not a config (a JSON object of fields)"),
     ("provenance.json", "{broken", "provenance.json is not a provenance record (a JSON object)"),
     ("provenance.json", "[]", "provenance.json is not a provenance record (a JSON object)"),
-    ("config.json", None, "cannot read"),  # a directory where the file should be
+    ("config.json", None, "cannot be read: Is a directory"),
 ])
 def test_damaged_run_files(name, text, message, fake_data, tmp_path, capsys):
     assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
@@ -170,11 +170,23 @@ def test_disk_full_at_a_checkpoint_then_at_a_row(fake_data, tmp_path, capsys, mo
         with monkeypatch.context() as patch:
             patch.setattr(*target, no_space)
             line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
-        assert "No space left on device" in line and "rerun the same command to resume" in line
+        assert "cannot write" in line and "No space left on device" in line
+        assert "rerun the same command to resume" in line
     assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
     (root,) = tmp_path.iterdir()
     rows = records.read_rows(root / "lth" / "seed_3" / "metrics.jsonl")
     assert [(r["kind"], r["cycle"]) for r in rows] == [("epoch", 0), ("cycle", 0), ("epoch", 1), ("cycle", 1)]
+
+
+def test_a_file_failure_other_than_a_full_disk_is_not_called_a_write(fake_data, tmp_path, capsys,
+                                                                    monkeypatch):
+    def io_error(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error", "rows.jsonl")
+
+    monkeypatch.setattr(records, "append_rows", io_error)
+    line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
+    assert "error: rows.jsonl: Input/output error; fix or remove that file" in line
+    assert "cannot write" not in line
 
 
 def test_nonfinite_loss_stops_or_is_skipped(fake_data, tmp_path, capsys):
