@@ -36,12 +36,14 @@ what each does, how its two training phases per cycle map onto our one, and give
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import flax.linen as nn
 import jax
@@ -139,6 +141,33 @@ def _read_json_object(path: Path, what: str, fix: str) -> dict:
             return stored
         reason = f"a JSON {type(stored).__name__}"
     raise RunDirError(f"{path} is not {what}: {reason}; {fix}")
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this process alone, or raise ``RunDirError`` if another holds it.
+
+    Two processes on one run directory (the same command launched twice) would interleave rows and
+    checkpoints. The lock is an ``flock`` on ``run_dir/.lock``, taken by the main process only (the
+    one that writes rows) and released by the kernel however the process ends. A file system
+    without locks runs the directory unguarded, with a warning.
+    """
+    if not parallel.is_main_process():
+        yield
+        return
+    with open(run_dir / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirError(f"{run_dir} is in use by another process (the same run started twice?); "
+                              "let that one finish or stop it, then rerun") from None
+        except OSError as err:
+            warnings.warn(f"cannot lock {run_dir} ({err.strerror or err}): nothing stops a second process "
+                          "from writing the same run", RuntimeWarning, stacklevel=3)
+        yield
 
 
 def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
@@ -349,8 +378,9 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
 
     A run directory whose ``metrics.jsonl`` is already complete for this config is reused as it
     is; an incomplete one resumes from its newest readable checkpoint. A directory of another
-    config is a ``RunDirError``; a hand-broken ``metrics.jsonl`` a ``records.RecordsError``; a
-    ``rewind_step`` past the steps of a cycle a ``ValueError``, before anything is written.
+    config, or one another process is running (``exclusive``), is a ``RunDirError``; a hand-broken
+    ``metrics.jsonl`` a ``records.RecordsError``; a ``rewind_step`` past the steps of a cycle a
+    ``ValueError``, before anything is written.
     """
     jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
     if problem := check_rewind_step(cfg, dataset.num_train):
@@ -360,10 +390,14 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     if is_complete(rows, cfg):
         return rows
     run_dir.mkdir(parents=True, exist_ok=True)
-    restarted = bool(rows) and not checkpoint.has_states(run_dir)
-    _write_run_files(run_dir, cfg, label, options.devices, restarted)
-    driver = _Run(cfg, dataset, run_dir, label, options)
-    try:
-        return driver.run(rows)
-    finally:
-        driver.store.close()
+    with exclusive(run_dir):
+        rows = records.read_rows(run_dir / "metrics.jsonl")  # as the last holder left them
+        if is_complete(rows, cfg):
+            return rows
+        restarted = bool(rows) and not checkpoint.has_states(run_dir)
+        _write_run_files(run_dir, cfg, label, options.devices, restarted)
+        driver = _Run(cfg, dataset, run_dir, label, options)
+        try:
+            return driver.run(rows)
+        finally:
+            driver.store.close()

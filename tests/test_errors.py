@@ -8,12 +8,14 @@ unchanged. Ctrl-C (exit 130) is covered by test_resume.py.
 import errno
 import json
 import shutil
+import subprocess
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 import pytest
 
-from ap_jax import records
+from ap_jax import cycle, records
 from experiments import compare_ap
 
 TINY = ["--model", "mlp", "--cycles", "1", "--epochs", "1", "--batch-size", "40",
@@ -146,6 +148,36 @@ def test_damaged_run_files(name, text, message, fake_data, tmp_path, capsys):
         (arm / name).write_text(text)
     line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
     assert f"{arm / name}" in line and message in line
+
+
+HOLD_LOCK = """
+import fcntl, sys, time
+with open(sys.argv[1], "a") as handle:
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_run_directory_another_process_is_running(fake_data, tmp_path, capsys):
+    assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
+    (root,) = tmp_path.iterdir()
+    arm = root / "lth" / "seed_3"
+    rows = (arm / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (arm / "metrics.jsonl").write_text("".join(rows[:-1]))  # unfinished, so a rerun would write to it
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(arm / cycle.LOCK_FILE)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = snapshot(root)
+        line = error_line(capsys, *TINY, "--data-dir", fake_data, "--out", tmp_path)
+        assert f"{arm} is in use by another process" in line
+        assert snapshot(root) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
+    assert (arm / "metrics.jsonl").read_text() == "".join(rows)
 
 
 def test_resume_with_a_config_of_wrong_types(finished, tmp_path, capsys):
