@@ -11,6 +11,9 @@ run lives in ``<out>/runs/<part>/<arm>/seed_<s>/`` (``ap_jax.cycle`` run directo
 run is reused, an interrupted one resumes from its last checkpoint, so running the same command
 again continues the study where it stopped. ``--report`` (``ap_jax.report``) then reads the run
 directories and writes ``REPRODUCTION.md`` with means, 95 % confidence intervals and verdicts.
+The report covers every run in ``<out>`` besides the grid asked for, so running part of a study
+(``--parts``, ``--arms``, ``--seeds``) never rewrites its report with fewer runs; where all of
+them lie in the default grid, it covers that whole grid and names the command that completes it.
 
 Runs go part by part in the order given, and within a part seed by seed (every arm of seed 0,
 then of seed 1, ...), so a study stopped early still has complete, paired seeds to report.
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -135,6 +139,78 @@ def arm_config(base: RunConfig, arm: str, overrides: dict[str, Any], seed: int) 
     return change(cfg) if callable(change) else dataclasses.replace(cfg, **change)
 
 
+def study_grid(overrides: dict[str, Any]) -> list[Job]:
+    """The whole study's grid under ``overrides``: every part, its own arms, the default seeds.
+
+    A part whose configs ``overrides`` make invalid cannot have runs under them and is left out.
+    """
+    jobs: list[Job] = []
+    for part in PARTS:
+        try:
+            jobs += grid([part], list(SEEDS), overrides)
+        except ValueError:
+            continue
+    return jobs
+
+
+ARM_DIRS = {arm.replace("+", "_"): arm for arm in ARMS}
+
+
+def present(out: Path, overrides: dict[str, Any]) -> list[Job]:
+    """The jobs whose run directories ``out`` holds, with configs as ``overrides`` make them."""
+    jobs = []
+    for run_dir in (out / "runs").glob("*/*/seed_*"):
+        part, arm, seed = run_dir.parent.parent.name, ARM_DIRS.get(run_dir.parent.name), run_dir.name.removeprefix("seed_")
+        if part not in PARTS or arm is None or not seed.isdigit():
+            continue
+        try:
+            job = Job(part, arm, int(seed), arm_config(PARTS[part], arm, overrides, int(seed)))
+            cycle.check_run_dir(run_dir, job.cfg)
+        except ValueError:  # a config these overrides cannot make, or a run of another --set
+            continue
+        jobs.append(job)
+    return jobs
+
+
+def in_order(jobs: list[Job]) -> list[Job]:
+    """``jobs`` without repeats, part by part, then arm, then seed (the report's order)."""
+    unique = {(j.part, j.arm, j.seed): j for j in jobs}
+    return sorted(unique.values(), key=lambda j: (list(PARTS).index(j.part), list(ARMS).index(j.arm), j.seed))
+
+
+def report_jobs(ran: list[Job], out: Path, overrides: dict[str, Any]) -> tuple[list[Job], bool]:
+    """The report's jobs, and whether they are the whole study's grid.
+
+    The report covers this command's grid and every run already in ``out``, so a command that
+    runs part of a study never rewrites its report with fewer runs. Where all of them lie in the
+    study's grid (``study_grid``), the report covers that whole grid, missing runs included.
+    """
+    study = study_grid(overrides)
+    held = {(j.part, j.arm, j.seed) for j in study}
+    jobs = in_order([*ran, *present(out, overrides)])
+    if all((j.part, j.arm, j.seed) in held for j in jobs):
+        return study, True
+    return jobs, False
+
+
+def study_command(args: argparse.Namespace) -> str:
+    """The command that runs what is missing of the whole study and rewrites its report."""
+    parser = build_parser()
+    words = ["python", "-m", f"experiments.{NAME}"]
+    for flag, value in (("--out", args.out), ("--data-dir", args.data_dir), ("--report-path", args.report_path)):
+        if value != parser.get_default(flag.lstrip("-").replace("-", "_")):
+            words += [flag, value]
+    if args.set:
+        words += ["--set", *args.set]
+    return shlex.join(words)
+
+
+def this_command(argv: list[str] | None) -> list[str]:
+    """This command's words without ``--report``: it runs, then reports, the same grid."""
+    given = sys.argv[1:] if argv is None else argv
+    return ["python", "-m", f"experiments.{NAME}", *(a for a in given if a != "--report")]
+
+
 def report_scale(settings: list[str]) -> Scale:
     """The report's scale: the CPU study's own, or its configs as changed by ``--set``."""
     from ap_jax import report
@@ -198,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        jobs = grid(args.parts, args.seeds, parse_overrides(args.set), args.arms)
+        overrides = parse_overrides(args.set)
+        jobs = grid(args.parts, args.seeds, overrides, args.arms)
         if problem := next(filter(None, (cycle.check_rewind_step(j.cfg, j.cfg.train_size or TRAIN_EXAMPLES)
                                          for j in jobs)), None):
             raise ValueError(problem.replace("--rewind-step ", "--set rewind_step="))
@@ -216,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"done: {job.part} {job.arm} seed {job.seed}", file=sys.stderr)
         from ap_jax import report  # matplotlib only once there is something to report
 
-        path = report.write(out, Path(args.report_path), jobs, note=DATA_NOTE,
-                            command=" ".join(["python -m experiments.reproduce",
-                                             *(a for a in (argv or sys.argv[1:]) if a != "--report")]),
+        reported, whole = report_jobs(jobs, out, overrides)
+        command = study_command(args) if whole else shlex.join(this_command(argv))
+        earlier = not whole and len(reported) > len(jobs)
+        note = DATA_NOTE + (f" Some runs come from earlier commands on {out}." if earlier else "")
+        path = report.write(out, Path(args.report_path), reported, note=note, command=command,
                             scale=report_scale(args.set))
         print(f"written: {path}")
 
