@@ -72,6 +72,16 @@ class RunOptions:
     devices: int | None = None  # devices of the ('data',) mesh, the first N (None: every device)
 
 
+def arm_folder(arm: str) -> str:
+    """An arm's label as a folder name, ``+`` spelled ``_`` (``lth+AP`` -> ``lth_AP``)."""
+    return arm.replace("+", "_")
+
+
+def arm_run_dir(root: Path, arm: str, seed: int) -> Path:
+    """``root/<arm folder>/seed_<seed>``: where the experiments keep one seed of one arm."""
+    return root / arm_folder(arm) / f"seed_{seed}"
+
+
 class RunDirError(ValueError):
     """A run directory that belongs to another config or lost rows; the message is one line."""
 

@@ -114,7 +114,7 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     """
     cycle_rows = {label: records.cycle_rows(rows) for label, rows in arms.items()}
     title = f"{cfg.model} on {cfg.dataset}: {cfg.method} vs {cfg.method}+AP"
-    first_arm = root / next(iter(arms)).replace("+", "_") / f"seed_{cfg.seed}"
+    first_arm = cycle.arm_run_dir(root, next(iter(arms)), cfg.seed)
     prov = json.loads((first_arm / "provenance.json").read_text())
     wall_s = sum(rows[-1]["wall_s"] for rows in arms.values())
     size = cfg.train_size or "all"
@@ -225,7 +225,7 @@ def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: feed
     """Both arms into ``root/<arm>/seed_<s>/`` (finished arms reused, unfinished ones resumed)."""
     options = run_options(args, args.devices)
     return {
-        label: cycle.run(arm, dataset, root / label.replace("+", "_") / f"seed_{cfg.seed}", label, options)
+        label: cycle.run(arm, dataset, cycle.arm_run_dir(root, label, cfg.seed), label, options)
         for label, arm in arm_configs(cfg).items()
     }
 

@@ -237,7 +237,7 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 dataset = datasets[seed] if cfg.train_size else next(iter(datasets.values()))
                 for arm, arm_cfg in arms_of[(method, seed)].items():
-                    run_dir = root / method / arm.replace("+", "_") / f"seed_{seed}"
+                    run_dir = cycle.arm_run_dir(root / method, arm, seed)
                     rows = cycle.run(arm_cfg, dataset, run_dir, f"{spec.name} {method} {arm} seed {seed}", options)
                     results.setdefault(method, {}).setdefault(arm, []).append(records.cycle_rows(rows))
                     seconds += cycle_wall_seconds(rows)

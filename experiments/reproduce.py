@@ -92,9 +92,14 @@ class Job:
     seed: int
     cfg: RunConfig
 
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """Which run of the grid this is, whatever its config."""
+        return self.part, self.arm, self.seed
+
     def run_dir(self, out: Path) -> Path:
-        """``<out>/runs/<part>/<arm>/seed_<s>``, with ``+`` spelled ``_`` as in compare_ap."""
-        return out / "runs" / self.part / self.arm.replace("+", "_") / f"seed_{self.seed}"
+        """``<out>/runs/<part>/<arm folder>/seed_<s>`` (``cycle.arm_run_dir``)."""
+        return cycle.arm_run_dir(out / "runs" / self.part, self.arm, self.seed)
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -153,14 +158,15 @@ def study_grid(overrides: dict[str, Any]) -> list[Job]:
     return jobs
 
 
-ARM_DIRS = {arm.replace("+", "_"): arm for arm in ARMS}
+ARM_FOLDERS = {cycle.arm_folder(arm): arm for arm in ARMS}
 
 
 def present(out: Path, overrides: dict[str, Any]) -> list[Job]:
     """The jobs whose run directories ``out`` holds, with configs as ``overrides`` make them."""
     jobs = []
     for run_dir in (out / "runs").glob("*/*/seed_*"):
-        part, arm, seed = run_dir.parent.parent.name, ARM_DIRS.get(run_dir.parent.name), run_dir.name.removeprefix("seed_")
+        part, arm = run_dir.parent.parent.name, ARM_FOLDERS.get(run_dir.parent.name)
+        seed = run_dir.name.removeprefix("seed_")
         if part not in PARTS or arm is None or not seed.isdigit():
             continue
         try:
@@ -174,7 +180,7 @@ def present(out: Path, overrides: dict[str, Any]) -> list[Job]:
 
 def in_order(jobs: list[Job]) -> list[Job]:
     """``jobs`` without repeats, part by part, then arm, then seed (the report's order)."""
-    unique = {(j.part, j.arm, j.seed): j for j in jobs}
+    unique = {j.key: j for j in jobs}
     return sorted(unique.values(), key=lambda j: (list(PARTS).index(j.part), list(ARMS).index(j.arm), j.seed))
 
 
@@ -186,16 +192,15 @@ def report_jobs(ran: list[Job], out: Path, overrides: dict[str, Any]) -> tuple[l
     study's grid (``study_grid``), the report covers that whole grid, missing runs included.
     """
     study = study_grid(overrides)
-    held = {(j.part, j.arm, j.seed) for j in study}
+    held = {j.key for j in study}
     jobs = in_order([*ran, *present(out, overrides)])
-    if all((j.part, j.arm, j.seed) in held for j in jobs):
+    if all(j.key in held for j in jobs):
         return study, True
     return jobs, False
 
 
-def study_command(args: argparse.Namespace) -> str:
+def study_command(parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     """The command that runs what is missing of the whole study and rewrites its report."""
-    parser = build_parser()
     words = ["python", "-m", f"experiments.{NAME}"]
     for flag, value in (("--out", args.out), ("--data-dir", args.data_dir), ("--report-path", args.report_path)):
         if value != parser.get_default(flag.lstrip("-").replace("-", "_")):
@@ -294,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         from ap_jax import report  # matplotlib only once there is something to report
 
         reported, whole = report_jobs(jobs, out, overrides)
-        command = study_command(args) if whole else shlex.join(this_command(argv))
+        command = study_command(parser, args) if whole else shlex.join(this_command(argv))
         earlier = not whole and len(reported) > len(jobs)
         note = DATA_NOTE + (f" Some runs come from earlier commands on {out}." if earlier else "")
         path = report.write(out, Path(args.report_path), reported, note=note, command=command,

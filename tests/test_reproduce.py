@@ -90,7 +90,6 @@ def test_study_continues_where_it_stopped(fake_data, tmp_path):
     assert reproduce.main([*common, "--seeds", "0", "1", "--report"]) == 0
 
 
-
 def test_a_run_of_part_of_the_grid_reports_the_whole_study(fake_data, tmp_path):
     out, md = tmp_path / "study", tmp_path / "REPRODUCTION.md"
     common = [*TINY[:2], "--set", *TINY[TINY.index("--set") + 1:],
@@ -103,7 +102,9 @@ def test_a_run_of_part_of_the_grid_reports_the_whole_study(fake_data, tmp_path):
     assert f"**Status: 2 of {whole} runs complete**" in text and "- mlp lth+AP: 1 complete seed(s)" in text
     assert "- resnet20 lth: 0 complete seed(s); in progress or missing: seed 0" in text
     assert "--parts" not in text and "--arms" not in text  # the regenerate command is the whole study's
-    assert f"`python -m experiments.reproduce --out {out} --data-dir {fake_data} --report-path {md} --set epochs=1" in text
+    regenerate = (f"`python -m experiments.reproduce --out {out} --data-dir {fake_data} --report-path {md} "
+                  "--set epochs=1")
+    assert regenerate in text
 
 
 def test_a_study_beyond_the_default_grid_reports_its_runs_and_no_others(fake_data, tmp_path):
@@ -114,7 +115,7 @@ def test_a_study_beyond_the_default_grid_reports_its_runs_and_no_others(fake_dat
     assert reproduce.main([*common, "--seeds", "5"]) == 0  # seed 5: not one of the default seeds
     text = md.read_text()
     assert "**Status: 2 of 2 runs complete**." in text and "earlier commands" not in text
-    assert f"`python -m experiments.reproduce --parts mlp --arms lth lth+AP --set epochs=1" in text
+    assert "`python -m experiments.reproduce --parts mlp --arms lth lth+AP --set epochs=1" in text
     assert reproduce.main([*common, "--seeds", "6", "--arms", "lth", "--report"]) == 0
     text = md.read_text()
     assert "**Status: 2 of 3 runs complete**" in text and "- mlp lth+AP: 1 complete seed(s)\n" in text
