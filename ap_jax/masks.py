@@ -48,13 +48,34 @@ def apply(params: PyTree, mask: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda p, m: jnp.where(m, p, jnp.zeros_like(p)), params, mask)
 
 
+def path_keys(path: tuple) -> tuple[str, ...]:
+    """The keys of a tree path as strings, without the ``value`` attribute that wraps each leaf of
+    a Flax NNX ``State`` (an ``nnx.Param``), so NNX and Linen params name a leaf alike.
+
+    Every name-based rule (``leaf_name``, BatchNorm-scale masking, the official pool and init)
+    reads paths through this one function.
+    """
+    keys = [str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))) for entry in path]
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "value":
+        keys.pop()
+    return tuple(keys)
+
+
 def leaf_name(path: tuple) -> str:
-    """The ``/``-joined dict keys of a tree path, e.g. ``"Block_0/Conv_1/kernel"``."""
-    parts = []
-    for entry in path:
-        key = getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))
-        parts.append(str(key))
-    return "/".join(parts)
+    """The ``/``-joined dict keys of a tree path, e.g. ``"Block_0/Conv_1/kernel"`` (also for the
+    ``Block_0/Conv_1/kernel/value`` path of an NNX ``State``)."""
+    return "/".join(path_keys(path))
+
+
+def leaf_key(path: tuple) -> str:
+    """The last key of a tree path (``kernel``, ``scale``, ``bias``, ...), as ``path_keys`` reads it."""
+    keys = path_keys(path)
+    return keys[-1] if keys else ""
+
+
+def module_name(path: tuple) -> str:
+    """The ``/``-joined path of the module that owns a leaf (its ``leaf_name`` less the last key)."""
+    return "/".join(path_keys(path)[:-1])
 
 
 def prunable_leaves(tree: PyTree) -> list[tuple[str, jax.Array]]:
@@ -93,7 +114,7 @@ def layer_sparsity(mask: PyTree) -> dict[str, jax.Array]:
 
 
 def _is_scale(path: tuple) -> bool:
-    return leaf_name(path).rsplit("/", 1)[-1] == "scale"
+    return leaf_key(path) == "scale"
 
 
 def scales_as_kernels(tree: PyTree) -> PyTree:
@@ -111,4 +132,4 @@ def pytorch_weights(params: PyTree) -> PyTree:
     """One Python bool per leaf: True where PyTorch would name the tensor ``weight`` (Flax
     ``kernel`` and ``scale``), the tensors the official AP code masks and freezes by value."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf_name(path).rsplit("/", 1)[-1] in ("kernel", "scale"), params)
+        lambda path, leaf: leaf_key(path) in ("kernel", "scale"), params)

@@ -120,14 +120,6 @@ def preset(cfg: Any, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, **{**OFFICIAL, **overrides})
 
 
-def _leaf_key(path: tuple) -> str:
-    return masks.leaf_name(path).rsplit("/", 1)[-1]
-
-
-def _module(path: tuple) -> str:
-    return masks.leaf_name(path[:-1])
-
-
 def xavier_init(params: PyTree, key: jax.Array) -> PyTree:
     """``params`` re-drawn as the official ``weight_init``: Xavier-normal kernels (std
     ``sqrt(2 / (fan_in + fan_out))``), scale ~ N(1, 0.02) and its module's bias = 0 (BatchNorm),
@@ -137,17 +129,17 @@ def xavier_init(params: PyTree, key: jax.Array) -> PyTree:
     keys = jax.random.split(key, len(with_path))
     siblings: dict[str, set[str]] = {}
     for path, _ in with_path:
-        siblings.setdefault(_module(path), set()).add(_leaf_key(path))
+        siblings.setdefault(masks.module_name(path), set()).add(masks.leaf_key(path))
 
     def draw(path: tuple, leaf: jax.Array, k: jax.Array) -> jax.Array:
-        name, shape, dtype = _leaf_key(path), jnp.shape(leaf), jnp.asarray(leaf).dtype
+        name, shape, dtype = masks.leaf_key(path), jnp.shape(leaf), jnp.asarray(leaf).dtype
         if name == "kernel" and len(shape) >= 2:
             return xavier(k, shape, dtype)
         if name == "scale":
             return 1.0 + 0.02 * jax.random.normal(k, shape, dtype)
-        if name == "bias" and "scale" in siblings[_module(path)]:
+        if name == "bias" and "scale" in siblings[masks.module_name(path)]:
             return jnp.zeros(shape, dtype)
-        if name == "bias" and "kernel" in siblings[_module(path)]:
+        if name == "bias" and "kernel" in siblings[masks.module_name(path)]:
             return jax.random.normal(k, shape, dtype)
         return leaf
 
@@ -158,7 +150,7 @@ def xavier_init(params: PyTree, key: jax.Array) -> PyTree:
 def prunable_flags(params: PyTree, mask_bn_scale: bool) -> list[bool]:
     """Per leaf (tree-flatten order): prunable, i.e. a kernel (``ndim >= 2``) or, with
     ``mask_bn_scale``, a BatchNorm scale."""
-    return [jnp.ndim(leaf) >= 2 or (mask_bn_scale and _leaf_key(path) == "scale")
+    return [jnp.ndim(leaf) >= 2 or (mask_bn_scale and masks.leaf_key(path) == "scale")
             for path, leaf in jax.tree_util.tree_leaves_with_path(params)]
 
 
@@ -172,9 +164,9 @@ def pool_sources(params: PyTree, prunable: list[bool], duplicated: bool) -> list
     paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
     first_seen: dict[str, int] = {}
     for i, path in enumerate(paths):
-        first_seen.setdefault(_module(path), i)
+        first_seen.setdefault(masks.module_name(path), i)
     walk = sorted(range(len(paths)),
-                  key=lambda i: (first_seen[_module(paths[i])], _leaf_key(paths[i]) not in WEIGHT_NAMES))
+                  key=lambda i: (first_seen[masks.module_name(paths[i])], masks.leaf_key(paths[i]) not in WEIGHT_NAMES))
     sources, last = [], None
     for i in walk:
         if prunable[i]:

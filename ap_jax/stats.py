@@ -57,11 +57,8 @@ class ReLU(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         y = nn.relu(x)
         if self.is_mutable_collection(COLLECTION):
-            positions = jnp.asarray(positions_per_channel(x.shape), jnp.int32)
-            self.sow(COLLECTION, "zeros", count_zeros(y), init_fn=_zero, reduce_fn=_add)
-            self.sow(COLLECTION, "positions", positions, init_fn=_zero, reduce_fn=_add)
-            self.sow(COLLECTION, "dead_maps", count_dead_maps(y), init_fn=_zero, reduce_fn=_add)
-            self.sow(COLLECTION, "examples", jnp.asarray(x.shape[0], jnp.int32), init_fn=_zero, reduce_fn=_add)
+            for name, count in activation_counts(y).items():
+                self.sow(COLLECTION, name, count, init_fn=_zero, reduce_fn=_add)
         return y
 
 
@@ -91,6 +88,20 @@ def count_zeros(y: jax.Array) -> jax.Array:
 def count_dead_maps(y: jax.Array) -> jax.Array:
     """Examples whose feature map of a channel (last axis) is all zero, per channel, as int32."""
     return jnp.sum(jnp.all(y == 0, axis=tuple(range(1, y.ndim - 1))), axis=0, dtype=jnp.int32)
+
+
+def activation_counts(y: jax.Array) -> dict[str, jax.Array]:
+    """The counts one ReLU site sows, from its channels-last output ``y``: ``zeros``,
+    ``positions``, ``dead_maps`` and ``examples`` (see the module doc), as int32.
+
+    For any model: ``dead_neuron_rate({"relu1": activation_counts(y1), ...})``.
+    """
+    return {
+        "zeros": count_zeros(y),
+        "positions": jnp.asarray(positions_per_channel(y.shape), jnp.int32),
+        "dead_maps": count_dead_maps(y),
+        "examples": jnp.asarray(y.shape[0], jnp.int32),
+    }
 
 
 def relu_counts(model: nn.Module, variables: Mapping[str, Any], x: jax.Array, **apply_kwargs):
