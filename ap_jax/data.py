@@ -1,8 +1,8 @@
 """CIFAR data: offline loading from a TFDS ArrayRecord directory, subsets, batching, augmentation.
 
 Datasets are read with ``tfds.data_source`` (random access, no TensorFlow, no network) from a
-TFDS data dir that holds ``<name>/<version>/`` (by default ``../shared/data`` beside the repo,
-see its README). CIFAR is small, so both splits are decoded once into uint8 arrays and put on
+TFDS data dir that holds ``<name>/<version>/`` in ArrayRecord files, found by
+:func:`resolve_data_dir` (``ap_jax.fetch`` prepares one where the network allows). CIFAR is small, so both splits are decoded once into uint8 arrays and put on
 the device once; every later step (epoch shuffling, crop + flip augmentation, normalisation)
 is a pure jittable function of those arrays and a PRNG key, so a training step never goes back
 to the host for data.
@@ -23,6 +23,9 @@ import jax.numpy as jnp
 import numpy as np
 
 ENV_VAR = "AP_JAX_DATA_DIR"
+BESIDE_REPO = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIX = (f"pass --data-dir DIR or set {ENV_VAR} to a TFDS data dir that holds it, or pass --download "
+       "to fetch and prepare it with tfds")
 PAD = 4  # pixels of zero padding on each side before the random crop
 
 RGB = tuple[float, float, float]
@@ -92,15 +95,18 @@ def spec(name: str) -> DatasetSpec:
 
 
 def resolve_data_dir(flag: str | os.PathLike[str] | None) -> Path:
-    """The TFDS data dir: ``flag`` if given, else ``$AP_JAX_DATA_DIR``, else ``../shared/data``.
-
-    The default is relative to the repo root (the parent of the ``ap_jax`` package), not the cwd.
-    """
+    """The TFDS data dir, the first of: ``flag``; ``$AP_JAX_DATA_DIR``; ``shared/data`` in the
+    directory that holds the repo, when it exists; TFDS's default data dir (``$TFDS_DATA_DIR``,
+    else ``~/tensorflow_datasets``)."""
     if flag is not None:
         return Path(flag)
     if env := os.environ.get(ENV_VAR):
         return Path(env)
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if BESIDE_REPO.is_dir():
+        return BESIDE_REPO
+    from tensorflow_datasets.core import constants  # deferred: importing tfds costs ~0.3 s
+
+    return Path(constants.get_default_data_dir())
 
 
 def check_data_dir(name: str, data_dir: str | os.PathLike[str]) -> Path:
@@ -110,7 +116,7 @@ def check_data_dir(name: str, data_dir: str | os.PathLike[str]) -> Path:
     error about TFRecord random access. Returns the dataset's version directory.
     """
     entry = spec(name)
-    return require_prepared(entry.title, name, entry.version, data_dir, "see ../shared/data/README.md")
+    return require_prepared(entry.title, name, entry.version, data_dir, FIX)
 
 
 def require_prepared(
@@ -119,15 +125,12 @@ def require_prepared(
     """Raise a one-line DataError naming ``title`` unless ``<tfds_name>/<version>`` is prepared.
 
     Shared by the on-device datasets here and the streamed ones (``ap_jax.stream``); ``hint``
-    ends the message with where such data comes from. Returns the version directory.
+    ends the message with the ways out. Returns the version directory.
     """
     ds_dir = Path(data_dir) / tfds_name / version
     info = ds_dir / "dataset_info.json"
     if not info.is_file():
-        raise DataError(
-            f"{title} not found: no {info}; pass --data-dir DIR or set {ENV_VAR} to a "
-            f"TFDS data dir that holds {tfds_name}/{version} ({hint})"
-        )
+        raise DataError(f"{title} not found: no {info}; {hint}")
     return ds_dir
 
 

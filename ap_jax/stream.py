@@ -5,8 +5,8 @@ does not, so its batches are read, decoded and augmented on the host while the d
 
 **Datasets.** ``imagenet2012``: tfds ``imagenet2012:5.1.0`` (1000 classes; ``train`` and
 ``validation`` splits), prepared beforehand with ``tfds build imagenet2012 --manual_dir DIR`` in
-the ArrayRecord file format, found in the same data dir as CIFAR (``--data-dir``, else
-``$AP_JAX_DATA_DIR``, else ``../shared/data``). ``imagenet200``: the examples of the same splits
+the ArrayRecord file format, found in the same data dir as CIFAR (``data.resolve_data_dir``).
+``imagenet200``: the examples of the same splits
 whose label is below 200. tfds numbers the classes in sorted WordNet-id order (n01440764, ...),
 the same order as torchvision's ImageFolder indices, so these are the 200 classes the official
 code keeps when it truncates a pretrained ResNet-50's fc to its first 200 outputs (paper.md §3).
@@ -84,7 +84,8 @@ CROP_TRIES = 10
 PADDING_LABEL = -1  # the label of eval padding rows, and their position in an epoch plan
 THREAD_PREFIX = "ap_jax-stream"
 LABEL_CHUNK = 4096  # records per read while scanning a split's labels
-PREPARE_HINT = "prepare it with: tfds build imagenet2012 --manual_dir DIR --file_format array_record"
+PREPARE_HINT = (f"pass --data-dir DIR or set {data.ENV_VAR} to a TFDS data dir that holds it, prepared with: "
+                "tfds build imagenet2012 --manual_dir DIR --file_format array_record")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

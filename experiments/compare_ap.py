@@ -25,7 +25,7 @@ from typing import Callable
 
 import jax
 
-from ap_jax import checkpoint, config, conv, cycle, data, feeds, parallel, plots, records
+from ap_jax import checkpoint, config, conv, cycle, data, feeds, fetch, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 
 NAME = "compare_ap"
@@ -42,8 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=f"python -m experiments.{NAME}", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--data-dir", default=None,
-                        help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
+    fetch.add_args(parser)
     parser.add_argument("--out", default="runs", help="output root (default: runs)")
     parser.add_argument("--resume", metavar="DIR", default=None,
                         help="resume the study in DIR (a compare_ap-<hash8> directory) with its "
@@ -243,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(root)
+        fetch.prepare_if_asked(args, [cfg.dataset])
         dataset = feeds.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
     except ValueError as err:  # data.DataError included
         parser.error(str(err))

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ap_jax import conv, cycle, data, feeds, parallel, records
+from ap_jax import conv, cycle, feeds, fetch, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
 
@@ -71,8 +71,7 @@ def build_parser(spec: TableSpec, scale: str) -> argparse.ArgumentParser:
                         help=f"lth_rewind's step k (default at this scale: {spec.rewind_step[scale]})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     parser.add_argument("--out", default="runs", help="output root (default: runs)")
-    parser.add_argument("--data-dir", default=None,
-                        help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
+    fetch.add_args(parser)
     add_run_options(parser)
     add_config_args(parser, spec.config(scale), skip=("seed", "method", "rewind_step", "finetune_lr"))
     parallel.add_args(parser)
@@ -218,6 +217,7 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
         devices = parallel.devices_from_args(args)
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(root)
+        fetch.prepare_if_asked(args, [cfg.dataset])
         datasets = {seed: load_data(cfg, args.data_dir, seed) for seed in args.seeds[: 1 if not cfg.train_size else None]}
     except ValueError as err:  # data.DataError included
         parser.error(str(err))

@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ap_jax import config, conv, cycle, data, feeds, official, parallel
+from ap_jax import config, conv, cycle, feeds, fetch, official, parallel
 from ap_jax.config import RunConfig
 from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
 
@@ -235,8 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="results/reproduce", help="study root (default: results/reproduce)")
-    parser.add_argument("--data-dir", default=None,
-                        help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
+    fetch.add_args(parser)
     parser.add_argument("--parts", nargs="+", choices=tuple(PARTS), default=list(PARTS),
                         help=f"networks to run, in order (default: {' '.join(PARTS)})")
     parser.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=None,
@@ -288,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         check_out(out)
         check_out(Path(args.report_path).parent, "--report-path")  # written last: known writable now (or creatable)
+        fetch.prepare_if_asked(args, {job.cfg.dataset for job in jobs})
     except ValueError as err:
         parser.error(str(err))
 

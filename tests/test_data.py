@@ -177,7 +177,7 @@ def test_missing_data_dir(tmp_path):
     with pytest.raises(data.DataError) as err:
         data.load("cifar10", data_dir=missing)
     searched = str(missing / "cifar10" / "3.0.2" / "dataset_info.json")
-    _assert_one_line(err, searched, data.ENV_VAR, "--data-dir")
+    _assert_one_line(err, searched, data.ENV_VAR, "--data-dir", "--download")
 
 
 def test_unknown_dataset(tmp_path):
@@ -208,10 +208,18 @@ def test_corrupt_train_file(fake, tmp_path, damage):
     assert err.value.__cause__ is not None
 
 
-def test_resolve_data_dir_precedence(monkeypatch):
+def test_resolve_data_dir_precedence(monkeypatch, tmp_path):
+    """flag, then $AP_JAX_DATA_DIR, then shared/data beside the repo when it exists, then TFDS's default."""
     monkeypatch.delenv(data.ENV_VAR, raising=False)
     repo_root = Path(__file__).resolve().parents[1]
-    assert data.resolve_data_dir(None) == repo_root.parent / "shared" / "data"
+    assert data.BESIDE_REPO == repo_root.parent / "shared" / "data"
+    monkeypatch.setattr(data, "BESIDE_REPO", tmp_path)
+    assert data.resolve_data_dir(None) == tmp_path
+    monkeypatch.setattr(data, "BESIDE_REPO", tmp_path / "absent")
+    monkeypatch.setenv("TFDS_DATA_DIR", "/tfds/default")
+    assert data.resolve_data_dir(None) == Path("/tfds/default")
+    monkeypatch.delenv("TFDS_DATA_DIR")
+    assert data.resolve_data_dir(None) == Path.home() / "tensorflow_datasets"
     monkeypatch.setenv(data.ENV_VAR, "/from/env")
     assert data.resolve_data_dir(None) == Path("/from/env")
     assert data.resolve_data_dir("/from/flag") == Path("/from/flag")

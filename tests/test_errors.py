@@ -75,7 +75,7 @@ def test_batch_not_a_multiple_of_devices(fake_data, tmp_path, capsys, monkeypatc
 
 def test_missing_data_dir(tmp_path, capsys):
     line = error_line(capsys, *TINY, "--data-dir", tmp_path / "nowhere", "--out", tmp_path / "o")
-    assert "nowhere/cifar10/3.0.2/dataset_info.json" in line and "--data-dir" in line
+    assert "nowhere/cifar10/3.0.2/dataset_info.json" in line and "--data-dir" in line and "--download" in line
     assert not (tmp_path / "o").exists()
 
 
