@@ -35,7 +35,7 @@ def main(argv=None):
     parser.add_argument("--ap-rate", type=float, default=0.02)
     args = parser.parse_args(argv)
     x_train, y_train, x_test, y_test = load(args.data_dir, args.train_size, args.test_size)
-    model, tx = CNN(), apj.loop.keep_pruned_zero(optax.sgd(0.05, momentum=0.9))
+    model, tx = CNN(), apj.loop.keep_pruned_zero(optax.sgd(0.02, momentum=0.9))
     theta0 = model.init(jax.random.key(0), x_train[:1], train=False)
 
     @jax.jit

@@ -55,7 +55,7 @@ def main(argv=None):
     parser.add_argument("--ap-rate", type=float, default=0.02)
     args = parser.parse_args(argv)
     x_train, y_train, x_test, y_test = load(args.data_dir, args.train_size, args.test_size)
-    model, tx = CNN(nnx.Rngs(0)), apj.loop.keep_pruned_zero(optax.sgd(0.05, momentum=0.9))
+    model, tx = CNN(nnx.Rngs(0)), apj.loop.keep_pruned_zero(optax.sgd(0.02, momentum=0.9))
     theta0 = jax.tree.map(jnp.copy, nnx.state(model))  # params and BatchNorm statistics at init
     for arm, ap_rate in (("X", 0.0), ("X+AP", args.ap_rate)):
         mask = apj.masks.init(nnx.state(model, nnx.Param))
