@@ -2,10 +2,10 @@
 
 Datasets are read with ``tfds.data_source`` (random access, no TensorFlow, no network) from a
 TFDS data dir that holds ``<name>/<version>/`` in ArrayRecord files, found by
-:func:`resolve_data_dir` (``ap_jax.fetch`` prepares one where the network allows). CIFAR is small, so both splits are decoded once into uint8 arrays and put on
-the device once; every later step (epoch shuffling, crop + flip augmentation, normalisation)
-is a pure jittable function of those arrays and a PRNG key, so a training step never goes back
-to the host for data.
+:func:`resolve_data_dir` (``ap_jax.fetch`` prepares one where the network allows). CIFAR is
+small, so both splits are decoded once into uint8 arrays and put on the device once; every
+later step (epoch shuffling, crop + flip augmentation, normalisation) is a pure jittable
+function of those arrays and a PRNG key, so a training step never goes back to the host for data.
 
 Problems with the data (missing directory, unknown name, truncated or corrupt files) raise
 :class:`DataError` with a one-line message that says which path was used and how to fix it.
