@@ -1,71 +1,17 @@
 """Official-code parity: the official AP code's behaviour as switches and one preset.
 
-Every quirk of the official code (``resnet_20.py``, commit 95a063b; ``../shared/paper.md`` §5
-lists them) that changes results is one ``RunConfig`` field, each ``added`` so that configs
-leaving it at its default keep their hash. ``preset(cfg)`` turns them all on, so a run with
-and one without them attribute any gap between the paper's numbers and ours
-(``../shared/paper.md`` §6, claim 6)::
+Every behaviour of the authors' released code that changes results and that the paper does not
+describe is one ``RunConfig`` field, each ``added`` so that configs leaving it at its default keep
+their hash. ``preset(cfg)`` turns them all on, so a run with and one without them attribute any
+gap between the paper's numbers and ours::
 
     from ap_jax import official
     cfg = official.preset(RunConfig(model="mlp", cycles=10, epochs=5), warmup_steps=900)
 
-Switch (field) -> official behaviour (``resnet_20.py`` lines):
-
-- ``weight_decay=5e-4, decay_all=True`` -> wd 5e-4 on every parameter, BN and biases too
-  (117, 160).
-- ``lr_schedule="official"`` with ``lr=0.1, warmup_steps=20000, lr_drops=(0.5, 0.64)`` -> the LR
-  rises by lr/20000 per step from 0, is overwritten to 0.01 from epoch 25 and to 0.001 from epoch
-  32 of 50, and restarts with every training (37-39, 241-247; ``train.official_lr_schedule``).
-  At a smaller scale pass ``warmup_steps`` too: 20000 is 51 % of the official 39100 steps.
-- ``reinit=True`` -> ``--prune_type reinit``: every cycle after the first trains a fresh random
-  init (drawn from the seed and the cycle), masked; AP's W_0 is that init (147-156).
-- ``init="xavier"`` -> Xavier-normal conv/dense kernels, BN gamma ~ N(1, 0.02), BN beta = 0,
-  dense and conv bias ~ N(0, 1) (107, 435-466; ``xavier_init``).
-- ``mask_bn_scale=True`` -> BN gamma is prunable like every tensor PyTorch names ``weight``
-  (152-156, 304-408).
-- ``prune_rule="official"`` -> X removes the alive weights with ``|w| < np.percentile(|pool|,
-  100 (p - q))``; AP's ``k = floor(q * len(pool))`` with the pool taken before X, and AP removes
-  the alive candidates with ``score <= sort(candidate scores)[k]``: k+1 weights, more on ties
-  (297-390; ``threshold_prune``). Alive means mask True and value non-zero, as the code's
-  ``np.nonzero``. Where the code raises IndexError (k+1 > candidates) all candidates go, with a
-  warning. With ``ap_rate = 0`` (before ``ap_start_cycle``) AP is skipped, not run with k = 0.
-- ``duplicated_pool=True`` -> the code's pool bug: its ``hstack`` runs for every parameter, so
-  every bias (and BN beta) re-appends the weight tensor walked just before it (304-311,
-  346-359; ``pool_sources``).
-- ``reapply_mask=False`` -> gradients zeroed where a weight is exactly 0 instead of masking, and
-  the optimizer's momentum carried across the prune (160, 268-273; ``train.make_steps``,
-  ``train.fresh_state``).
-
-Pool order. The pool is only sorted and its percentile taken, so only which tensors it holds (and
-how often) matters. PyTorch's ``named_parameters`` walks each module's ``weight`` then its
-``bias``; ``pool_sources`` walks the Flax leaves in tree-flatten order with each module's kernel
-or scale moved before its other leaves, which gives the same pool whenever every module with a
-bias has its own prunable tensor: true of every ap_jax model when BN scales are masked. With
-``mask_bn_scale=False`` a BN's gamma and beta re-append the prunable tensor walked before them
-in that order (sorted module names), not its conv as in PyTorch.
-
-The two training phases. The official code trains every sparsity level twice: each cycle
-re-initialises (or rewinds), trains with a fresh optimizer (phase 1), prunes on that, rewinds to
-the cycle's init with the new mask and trains again with the *same* optimizer (phase 2): only
-phase 2 is logged. We train each level once: our cycle c is the official phase 1 at level c
-(reset, train, prune); with ``reapply_mask=False`` it also takes phase 2's quirks: the optimizer
-state carries the momentum of cycle c - 1's training (the LR schedule restarts), the mask is not
-used in training or evaluation and gradients are zeroed at exact zeros, so the weights pruned
-after cycle c - 1 revive. The reported network then has phase 2's leak, but the prune after it
-ranks these leaky weights where the official ranks a clean phase-1 retrain, and with ``reinit``
-it starts from cycle c's fresh init where the official phase 2 starts from cycle c - 1's.
-The ``remaining`` column stays the mask's share (the nominal sparsity).
-
-Not reproduced, and why:
-
-- evaluation quirks (53, 61, 84, 206, 293): augmented test set, last test batch dropped but
-  the count divided by 10000, train accuracy on augmented data in eval mode: they bias the
-  *measurement*, not the network, and we report clean test accuracy;
-- the dense phase trained twice (official cycle 0 is never pruned; cycle 1 trains it again), the
-  train loader's last partial batch (we drop it: fixed-shape jitted steps), BN running statistics
-  carried across resets (we rewind them with the weights): small effects, costly to mirror;
-- no seeds, the crashing ``num_on``/``vgg_initial`` and the broken X-only branch: bugs with no
-  behaviour to reproduce; the data split and the ResNet option-B shortcut are already ours.
+The switches (``weight_decay``/``decay_all``, ``lr_schedule``, ``reinit``, ``init``,
+``mask_bn_scale``, ``prune_rule``, ``duplicated_pool``, ``reapply_mask``), the lines of the
+official code each mirrors, the pool's order, how its two training phases map onto our one, and
+what is not reproduced and why: ``docs/official.md``.
 """
 
 from __future__ import annotations
