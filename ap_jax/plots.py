@@ -75,7 +75,7 @@ def mean_ci_figure(arms: Mapping[str, Mapping[str, Any]], path: Path, title: str
     """Accuracy and DNR against remaining weights per arm: seed mean and its CI band.
 
     ``arms[name]`` holds ``remaining`` (cycles,), ``seeds`` (the number of seeds), and ``acc`` and
-    ``dnr`` as ``(mean, half_width)`` arrays over cycles (``ap_jax.report.band``; a NaN
+    ``dnr`` as ``(mean, half_width)`` arrays over cycles (``experiments.report.band``; a NaN
     half-width, as with one seed, draws no band).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)

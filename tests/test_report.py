@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from ap_jax import records, report
+from ap_jax import records
 from ap_jax.config import RunConfig
+from experiments import report
 from experiments.reproduce import Job
 
 T_975_DF1 = 12.7062047  # Student t quantiles from a printed table (two-sided 95 %)
