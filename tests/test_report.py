@@ -46,6 +46,22 @@ def test_verdict(values, expect, want):
     assert report.verdict(report.estimate(values), expect) == want
 
 
+T_95_DF2 = 2.9199856  # one-sided 95 % Student t quantile, 2 degrees of freedom, from a printed table
+
+
+@pytest.mark.parametrize("values, margin, want", [
+    ([0.001, 0.002, 0.003], 0.01, True),     # 90 % interval 0.002 ± 0.00169: inside ±0.01
+    ([-0.010, 0.0, 0.010], 0.01, False),     # mean 0 but 0.0 ± 0.0169 reaches past the margin
+    ([0.012, 0.013, 0.014], 0.01, False),    # tightly outside: a difference, not parity
+    ([0.005], 0.01, False),                  # one value shows nothing
+])
+def test_equivalence_is_two_one_sided_t_tests(values, margin, want):
+    """TOST by hand: both one-sided t statistics beyond the one-sided 95 % quantile."""
+    mean, se = np.mean(values), (np.std(values, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.inf)
+    by_hand = len(values) == 3 and (mean + margin) / se > T_95_DF2 and (margin - mean) / se > T_95_DF2
+    assert by_hand == want and report.equivalent(values, margin) == want
+
+
 def test_band_is_the_estimate_of_every_column():
     """Two seeds x three points: column means, t_{0.975,1} * s / sqrt(2) = 12.706 * |a - b| / 2,
     and NaN (no band) for a single seed."""
@@ -98,15 +114,15 @@ def test_claims_of_a_synthetic_study(study):
     assert sorted(parts["mlp"]["lth"].cycle_rows) == [0, 1]
     # Claim 1: DNR(last) - DNR(dense) is -0.10 for both seeds: zero spread, wholly below 0.
     falls = report.claim_dnr_falls(parts)
-    assert "-10.00 ± 0.00 (n=2)" in falls.measurement and falls.verdict == report.HOLDS
+    assert "-10.00 ± 0.00 (n=2; seeds -10.00, -10.00)" in falls.measurement and falls.verdict == report.HOLDS
     # Claim 2: mean over cycles 1-2 of the paired DNR gap: seed 0 -0.03, seed 1 -0.02.
     lowers = report.claim_ap_lowers_dnr(parts)
     hw = T_975_DF1 * np.std([-0.03, -0.02], ddof=1) / math.sqrt(2)
-    assert f"-2.50 ± {100 * hw:.2f} (n=2)" in lowers.measurement and lowers.verdict == report.UNSURE
+    assert f"-2.50 ± {100 * hw:.2f} (n=2; seeds -3.00, -2.00)" in lowers.measurement and lowers.verdict == report.UNSURE
     # Claim 3: gap at cycle 2 (+0.03, +0.02); slopes of [0, .01, .03] and [0, 0, .02]: .015 and .01.
     acc = report.claim_ap_accuracy(parts)
     slope_hw = T_975_DF1 * np.std([0.015, 0.01], ddof=1) / math.sqrt(2)
-    assert "+2.50 ± " in acc.measurement and f"+1.250 ± {100 * slope_hw:.3f} (n=2)" in acc.measurement
+    assert "+2.50 ± " in acc.measurement and f"+1.250 ± {100 * slope_hw:.3f} (n=2; seeds +1.500, +1.000)" in acc.measurement
     assert report.claim_parity(parts).verdict == report.UNSURE
 
 
