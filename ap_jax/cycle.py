@@ -11,7 +11,10 @@ One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycle
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
 cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
-site (over units, and its per-channel variant over whole feature maps), and wall seconds. The
+site (over units, and its per-channel variant over whole feature maps), and wall seconds; and one
+per prune (``kind="prune"``, numbered by the cycle it gives its mask): how many weights X took,
+AP's budget, how many AP took (a shortfall when too few candidates were alive) and per layer, and
+the DNR of the trained network right after the prune, before retraining. The
 DNR is measured after every epoch with BatchNorm in eval mode on the first ``dnr_size`` training
 examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
@@ -97,7 +100,7 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return models.get(cfg.model, num_classes=num_classes, **options)
 
 
-def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> PyTree:
+def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> ap.PruneResult:
     """The prune after training cycle ``cycle``: X (magnitude) for ``rate - ap_rate``, then AP
     (``cfg.ap_variant``) for ``ap_rate``; before ``cfg.ap_start_cycle`` X takes the whole rate.
     One-shot methods prune ``methods.prune_rates`` of these at once.
@@ -107,11 +110,7 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
     ap_rate = cfg.ap_rate if cycle >= cfg.ap_start_cycle else 0.0
     rate, ap_rate = methods.prune_rates(methods.get(cfg.method), cfg.rate, ap_rate, cfg.cycles)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), PRUNE_STREAM), cycle)
-    if cfg.prune_rule == "official":
-        return official.threshold_prune(mask, trained, cycle_start, rate, ap_rate, cfg.mask_bn_scale,
-                                        cfg.duplicated_pool, cfg.ap_variant, key)
-    return ap.ap_prune(mask, trained, cycle_start, rate=rate, ap_rate=ap_rate, scope=cfg.scope,
-                       variant=cfg.ap_variant, key=key, mask_bn_scale=cfg.mask_bn_scale)
+    return official.prune_function(cfg)(mask, trained, cycle_start, rate, ap_rate, key)
 
 
 def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig) -> dict[str, Any]:
@@ -343,9 +342,11 @@ class _Run:
         """``mask`` as the remaining shares count it: with BatchNorm scales when they are prunable."""
         return masks.scales_as_kernels(mask) if self.cfg.mask_bn_scale else mask
 
-    def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree) -> train.TrainState:
-        """Epochs ``epoch..`` of ``cycle``, checkpointed every ``checkpoint_every`` and at the end."""
-        remaining, pending = float(masks.remaining(self.counted(state.mask))), []
+    def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree,
+                    pending: list[Row]) -> train.TrainState:
+        """Epochs ``epoch..`` of ``cycle``, checkpointed every ``checkpoint_every`` and at the end;
+        ``pending`` rows (the prune's) are committed with the first checkpoint."""
+        remaining, pending = float(masks.remaining(self.counted(state.mask))), list(pending)
         for epoch in range(epoch, self.cfg.epochs):
             state, row = self.train_epoch(state, cycle, epoch, remaining)
             pending.append(row)
@@ -361,11 +362,14 @@ class _Run:
     def run(self, rows: list[Row]) -> list[Row]:
         """Every cycle from where ``rows`` and the checkpoints leave off; returns all rows."""
         cycle, epoch, state, start = self.resume(rows)
+        pending: list[Row] = []
         for cycle in tqdm(range(cycle, self.last_cycle + 1), desc=self.label or "cycles", disable=None):
-            state = self.train_cycle(cycle, epoch, state, start)
+            state = self.train_cycle(cycle, epoch, state, start, pending)
             self.store.save_cycle(cycle, state.mask, start, _variables(state))
             if cycle < self.last_cycle:
-                mask = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
+                pruned = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
+                pending = [self.prune_row(cycle + 1, state, pruned)]
+                mask = pruned.mask
                 rewind = None if self.rewind is None else (self.rewind["params"], self.rewind["batch_stats"])
                 params, stats = methods.next_start(
                     self.method, (self.theta0["params"], self.theta0["batch_stats"]),
@@ -377,6 +381,19 @@ class _Run:
                 state, start = self.fresh({"params": params, "batch_stats": stats}, mask, cycle + 1, momentum)
                 epoch = 0
         return self.rows
+
+    def prune_row(self, cycle: int, trained: train.TrainState, pruned: ap.PruneResult) -> Row:
+        """The ``kind="prune"`` row of the prune that gives cycle ``cycle`` its mask: what X and AP
+        took (``ap.prune_record``) and the DNR of the trained network right after the prune, before
+        any retraining (BatchNorm in eval mode with the trained running statistics)."""
+        view = self.counted
+        record = ap.prune_record(view(trained.mask), ap.PruneResult(view(pruned.after_x), view(pruned.mask),
+                                                                    pruned.ap_budget))
+        just_pruned = trained.replace(params=masks.apply(trained.params, pruned.mask), mask=pruned.mask)
+        dnr = train.dead_neuron_rate(self.steps, just_pruned, self.feed.dnr_inputs, self.cfg.eval_batch_size)
+        return {"kind": "prune", "cycle": cycle, "remaining": float(masks.remaining(view(pruned.mask))),
+                **record, "dnr": dnr["overall"], "dnr_per_layer": dnr["per_layer"],
+                "wall_s": time.perf_counter() - self.started}
 
 
 def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "",

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -64,6 +64,20 @@ def preset(cfg: Any, **overrides: Any) -> Any:
     Scale (model, data, cycles, epochs, batch size, seed) stays as ``cfg`` has it.
     """
     return dataclasses.replace(cfg, **{**OFFICIAL, **overrides})
+
+
+PruneFunction = Callable[[PyTree, PyTree, PyTree, float, float, jax.Array], "ap.PruneResult"]
+
+
+def prune_function(cfg: Any) -> PruneFunction:
+    """The prune a run's config asks for, ``(mask, trained, cycle_start, rate, ap_rate, key) ->
+    ap.PruneResult``: the paper's exact counts, or the official code's threshold rule."""
+    if cfg.prune_rule == "official":
+        return lambda mask, trained, start, rate, ap_rate, key: threshold_prune_result(
+            mask, trained, start, rate, ap_rate, cfg.mask_bn_scale, cfg.duplicated_pool, cfg.ap_variant, key)
+    return lambda mask, trained, start, rate, ap_rate, key: ap.ap_prune_result(
+        mask, trained, start, rate=rate, ap_rate=ap_rate, scope=cfg.scope, variant=cfg.ap_variant, key=key,
+        mask_bn_scale=cfg.mask_bn_scale)
 
 
 def _leaf_key(path: tuple) -> str:
@@ -158,7 +172,24 @@ def threshold_prune(
     ``|w| < t``. AP (skipped when ``ap_rate == 0``): ``k = int(len(pool) * ap_rate)`` from X's
     pool, ``tau = sort(scores of the alive candidates, pool-weighted)[k]``, prune the alive
     candidates with ``score <= tau``. Scores are ``ap.variant_scores(variant, ...)``.
+    ``threshold_prune_result`` gives the same step with what X and AP each took.
     """
+    return threshold_prune_result(mask, params, params_ref, rate, ap_rate, mask_bn_scale, duplicated_pool,
+                                  variant, key).mask
+
+
+def threshold_prune_result(
+    mask: PyTree,
+    params: PyTree,
+    params_ref: PyTree,
+    rate: float = 0.2,
+    ap_rate: float = 0.02,
+    mask_bn_scale: bool = True,
+    duplicated_pool: bool = True,
+    variant: str = "ap",
+    key: jax.Array | None = None,
+) -> ap.PruneResult:
+    """``threshold_prune`` as an ``ap.PruneResult``; AP's budget is the code's k (it takes k + 1)."""
     ap.check_variant(variant)
     masks.check_match(params, mask)
     masks.check_match(params_ref, mask)
@@ -176,6 +207,7 @@ def threshold_prune(
         raise ValueError("no alive prunable weights left to prune")
     threshold = np.percentile(pool, _percent(rate, ap_rate))
     kept = [a & ~(m < threshold) if p else a for a, m, p in zip(alive, magnitude, prunable)]
+    after_x, k = kept, 0
     if float(ap_rate) > 0:
         k = int(pool.size * float(ap_rate))
         scores = ap.variant_scores(variant, params, params_ref, key)
@@ -187,4 +219,9 @@ def threshold_prune(
                           f"{ranked.size}; pruned all of them", stacklevel=2)
         tau = ranked[k] if k < ranked.size else np.inf
         kept = [a & ~(c & (s <= tau)) for a, c, s in zip(kept, candidate, score)]
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in kept])
+    return ap.PruneResult(_unflatten(treedef, after_x), _unflatten(treedef, kept), k)
+
+
+def _unflatten(treedef: Any, leaves: list[np.ndarray]) -> PyTree:
+    """A mask of ``treedef``'s structure from numpy leaves."""
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])
