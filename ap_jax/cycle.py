@@ -195,10 +195,16 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
                           "given); pass the flags it was run with, or another --out")
 
 
+def can_share_dense(cfg: RunConfig) -> bool:
+    """Whether a run of ``cfg`` needs nothing of its dense cycle but the end weights (no rewind
+    point, no carried momentum), so it may take that cycle from a paired run."""
+    return methods.get(cfg.method).start_from != "rewind" and cfg.reapply_mask
+
+
 def check_dense_from(source: Path, cfg: RunConfig) -> None:
     """Raise ``RunDirError`` unless ``source`` finished cycle 0 of ``cfg`` up to ``PRUNE_ONLY``
     fields, and ``cfg`` needs nothing of cycle 0 but its end (no rewind point, no momentum)."""
-    if methods.get(cfg.method).start_from == "rewind" or not cfg.reapply_mask:
+    if not can_share_dense(cfg):
         raise RunDirError("a dense cycle can be shared only when the next cycle needs nothing but its "
                           "end weights: not with --method lth_rewind or --reapply-mask false")
     stored = _read_json_object(source / "config.json", "a config (a JSON object of fields)",
@@ -207,9 +213,14 @@ def check_dense_from(source: Path, cfg: RunConfig) -> None:
     if diffs:
         raise RunDirError(f"{source} trained another dense cycle ({'; '.join(diffs)}, stored vs given); "
                           f"only {', '.join(PRUNE_ONLY)} may differ")
-    rows = records.read_rows(source / "metrics.jsonl")
-    if not any(r["cycle"] == 0 and r["kind"] == "cycle" for r in rows) or not (source / "cycles" / "0").is_dir():
+    if not dense_cycle_ready(source):
         raise RunDirError(f"{source} has not finished its dense cycle 0; run it first")
+
+
+def dense_cycle_ready(source: Path) -> bool:
+    """Whether ``source`` holds a finished dense cycle 0: its row and its saved variables."""
+    rows = records.read_rows(source / "metrics.jsonl")
+    return any(r["cycle"] == 0 and r["kind"] == "cycle" for r in rows) and (source / "cycles" / "0").is_dir()
 
 
 def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None,
@@ -461,18 +472,18 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     is; an incomplete one resumes from its newest readable checkpoint. A directory of another
     config, or one another process is running (``exclusive``), is a ``RunDirError``; a hand-broken
     ``metrics.jsonl`` a ``records.RecordsError``; a ``rewind_step`` past the steps of a cycle a
-    ``ValueError``, before anything is written. With ``options.dense_from`` a run that has not
-    trained yet takes cycle 0 from that run (``check_dense_from`` says when it may).
+    ``ValueError``, before anything is written. With ``options.dense_from`` a run with no
+    checkpoint yet takes cycle 0 from that run (``check_dense_from`` says when it may).
     """
     jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
     if problem := check_rewind_step(cfg, dataset.num_train):
         raise ValueError(problem)
     check_run_dir(run_dir, cfg)
-    if options.dense_from is not None:
-        check_dense_from(options.dense_from, cfg)
     rows = records.read_rows(run_dir / "metrics.jsonl")
     if is_complete(rows, cfg):
         return rows
+    if options.dense_from is not None and not checkpoint.has_states(run_dir):
+        check_dense_from(options.dense_from, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(run_dir):
         rows = records.read_rows(run_dir / "metrics.jsonl")  # as the last holder left them

@@ -129,3 +129,20 @@ def layer_heatmaps(arms: Mapping[str, tuple[Sequence[str], np.ndarray]], remaini
         ax.set_xlabel("remaining weights (%)")
         fig.colorbar(image, ax=ax, shrink=0.8)
     _save(fig, path, title)
+
+
+def effect_survival_figure(remaining: np.ndarray, curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                           path: Path, title: str = "", ylabel: str = "DNR difference (points)") -> None:
+    """Paired differences against remaining weights, one curve per moment of measurement (e.g.
+    right after a prune and after retraining), each a seed mean with its CI band, and the zero line."""
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    x = 100 * np.asarray(remaining)
+    for name, (mean, hw) in curves.items():
+        mean, hw = 100 * np.asarray(mean), 100 * np.asarray(hw)
+        ax.plot(x, mean, marker="o", markersize=3, label=name)
+        ax.fill_between(x, mean - hw, mean + hw, alpha=0.25)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    _log_remaining_axis(ax, list(x))
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    _save(fig, path, title)
