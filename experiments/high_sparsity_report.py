@@ -42,12 +42,6 @@ PLAN = f"""## Analysis plan (fixed before the results)
 """
 
 
-def prune_rows(run_dir: Path) -> list[dict[str, Any]]:
-    """The ``kind="prune"`` rows of one run, in cycle order."""
-    rows = records.read_rows(run_dir / "metrics.jsonl")
-    return sorted((r for r in rows if r["kind"] == "prune"), key=lambda r: r["cycle"])
-
-
 def epoch_seconds(run_dirs: Sequence[Path]) -> list[float]:
     """Wall seconds of every epoch recorded so far (training and its evaluation), from the
     increments of the rows' cumulative ``wall_s`` within each run."""
@@ -107,19 +101,16 @@ def contrast_line(name: str, x: report.Arm, ap: report.Arm, key: str, expect: st
     return f"| {name} | {est.seeds_text()} pts | {verdict} |", verdict
 
 
-def mechanism(x_dirs: dict[int, Path], ap_dirs: dict[int, Path], x: report.Arm, ap: report.Arm,
-              folder: Path) -> tuple[list[str], Path | None]:
+def mechanism(x: report.Arm, ap: report.Arm, folder: Path) -> tuple[list[str], Path | None]:
     """The per-cycle bookkeeping table and the figure of AP's DNR effect right after each prune
     and after retraining, over the seeds both arms completed."""
-    seeds = sorted(set(x.cycle_rows) & set(ap.cycle_rows))
-    if not seeds:
+    effect = report.dnr_effect(x, ap)
+    if effect is None:
         return ["No paired seed is complete yet."], None
-    after = {s: (prune_rows(x_dirs[s]), prune_rows(ap_dirs[s])) for s in seeds}
-    immediate = np.array([[b["dnr"] - a["dnr"] for a, b in zip(*after[s])] for s in seeds])
-    retrained = report.paired(x, ap, "dnr")[:, 1:]
+    immediate, retrained = effect
     lines = ["| cycle | remaining % | X pruned | AP budget | AP pruned | AP shortfall | DNR gap after prune (pts) "
              "| DNR gap after retraining (pts) |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for i, row in enumerate(after[seeds[0]][1]):
+    for i, row in enumerate(next(iter(ap.prune_rows.values()))):
         lines.append(f"| {row['cycle']} | {100 * row['remaining']:.2f} | {row['x_pruned']} | {row['ap_budget']} | "
                      f"{row['ap_pruned']} | {row['ap_shortfall']} | {report.estimate(immediate[:, i]).text()} | "
                      f"{report.estimate(retrained[:, i]).text()} |")
@@ -162,7 +153,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         lines += ["", f"Dense accuracy reached (cycle 0, {dense.n} seed(s)): {dense.level_text()} %"
                   + ("" if dense.mean >= DENSE_TARGET else
                      f", under the {100 * DENSE_TARGET:g} % expected of ResNet-20 on this copy")]
-    table, figure = mechanism(x_dirs, ap_dirs, x, ap, out / "figures")
+    table, figure = mechanism(x, ap, out / "figures")
     lines += ["", "## Mechanism: what each prune did, and what of AP's DNR effect survives retraining", "",
               *table]
     if figure is not None:

@@ -123,6 +123,7 @@ class Arm:
     wall_s: float
     provenance: list[dict[str, Any]]
     incomplete: list[str]
+    prune_rows: dict[int, Rows] = dataclasses.field(default_factory=dict)  # runs that record their prunes
 
 
 def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
@@ -138,6 +139,8 @@ def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
             continue
         arm.cycle_rows[seed] = by_cycle
         arm.epoch_rows[seed] = [r for r in rows if r["kind"] == "epoch"]
+        if prunes := sorted((r for r in rows if r["kind"] == "prune"), key=lambda r: r["cycle"]):
+            arm.prune_rows[seed] = prunes
         if (run_dir / "provenance.json").exists():
             arm.provenance.append(json.loads((run_dir / "provenance.json").read_text()))
     return arm
@@ -158,6 +161,17 @@ def paired(a: Arm, b: Arm, key: str) -> np.ndarray:
     """``b - a`` per common seed and cycle, shape (seeds, cycles)."""
     diffs = paired_by_seed(a, b, key)
     return np.array(list(diffs.values())) if diffs else np.zeros((0, 0))
+
+
+def dnr_effect(a: Arm, b: Arm) -> tuple[np.ndarray, np.ndarray] | None:
+    """``b - a`` in DNR per common seed and pruned cycle, right after each prune (the prune rows)
+    and after that cycle's retraining (the cycle rows); None unless both arms recorded every prune."""
+    seeds = sorted(set(a.cycle_rows) & set(b.cycle_rows))
+    if not seeds or not all(s in a.prune_rows and s in b.prune_rows for s in seeds):
+        return None
+    immediate = np.array([[rb["dnr"] - ra["dnr"] for ra, rb in zip(a.prune_rows[s], b.prune_rows[s])]
+                          for s in seeds])
+    return immediate, paired(a, b, "dnr")[:, 1:]
 
 
 def remaining(arm: Arm) -> np.ndarray:
@@ -220,7 +234,10 @@ def claim_ap_lowers_dnr(parts: Mapping[str, Mapping[str, Arm]]) -> Claim:
             continue
         est = estimate(diffs[:, 1:].mean(axis=1))
         verdicts.append(verdict(est, "<0"))
-        lines.append(f"{part}: DNR(X+AP) - DNR(X), mean over pruned cycles = {est.seeds_text()} pts")
+        effect = dnr_effect(arms[BASE], arms[AP])
+        right_after = "" if effect is None else (
+            f"; right after each prune, before retraining: {estimate(effect[0].mean(axis=1)).seeds_text()} pts")
+        lines.append(f"{part}: DNR(X+AP) - DNR(X), mean over pruned cycles = {est.seeds_text()} pts{right_after}")
     return Claim(2, "AP lowers the dynamic DNR against X alone at the same remaining weights, with "
                     "and without BN.", "<br>".join(lines) or "no runs", combine(verdicts))
 
@@ -360,6 +377,12 @@ def figures(parts: Mapping[str, Mapping[str, Arm]], folder: Path) -> list[Path]:
         plots.layer_heatmaps(heat, remaining(next(iter(pair.values()))), path_heat,
                              title=f"{part}: per-layer DNR (%), mean over seeds")
         written += [path, path_epochs, path_heat]
+        if len(pair) == 2 and (effect := dnr_effect(pair[BASE], pair[AP])) is not None:
+            path_effect = folder / f"{part}_dnr_effect.png"
+            plots.effect_survival_figure(remaining(pair[BASE])[1:], {
+                "right after the prune": band(effect[0]), "after retraining": band(effect[1])},
+                path_effect, title=f"{part}: DNR(X+AP) - DNR(X), mean and 95 % CI over seeds")
+            written.append(path_effect)
     return written
 
 

@@ -173,3 +173,18 @@ def test_partial_study_says_so(study):
     text = report.write(out, out / "REPRODUCTION.md", jobs).read_text()
     assert "**Status: 3 of 4 runs complete**; the verdicts below use the complete runs only" in text
     assert "seed 1: 0 of 3 cycles" in text
+
+
+def test_dnr_effect_right_after_the_prune_and_after_retraining():
+    """Two seeds, two pruned cycles: the prune rows' DNR gaps and the cycle rows' gaps, by hand."""
+    def arm(cycle_dnr, prune_dnr):
+        cycles = {s: [{"cycle": c, "dnr": d} for c, d in enumerate(v)] for s, v in cycle_dnr.items()}
+        prunes = {s: [{"cycle": c + 1, "dnr": d} for c, d in enumerate(v)] for s, v in prune_dnr.items()}
+        return report.Arm(cycles, {}, 0.0, [], [], prunes)
+
+    x = arm({0: [0.5, 0.4, 0.3], 1: [0.5, 0.45, 0.35]}, {0: [0.42, 0.33], 1: [0.47, 0.38]})
+    ap = arm({0: [0.5, 0.39, 0.28], 1: [0.5, 0.44, 0.34]}, {0: [0.40, 0.29], 1: [0.44, 0.35]})
+    immediate, retrained = report.dnr_effect(x, ap)
+    np.testing.assert_allclose(immediate, [[-0.02, -0.04], [-0.03, -0.03]], atol=1e-12)
+    np.testing.assert_allclose(retrained, [[-0.01, -0.02], [-0.01, -0.01]], atol=1e-12)
+    assert report.dnr_effect(x, report.Arm(ap.cycle_rows, {}, 0.0, [], [])) is None  # no prune rows
