@@ -119,6 +119,15 @@ def _warn_if_short(before: PyTree, after: PyTree, requested: Any, scope: str, po
         )
 
 
+class PruneResult(NamedTuple):
+    """One X-then-AP prune: the mask after X's share, the final mask, and AP's budget (its
+    requested count, summed over leaves when layer-wise)."""
+
+    after_x: PyTree
+    mask: PyTree
+    ap_budget: Any
+
+
 def ap_prune(
     mask: PyTree,
     params: PyTree,
@@ -142,13 +151,32 @@ def ap_prune(
     ``variant`` (static under ``jit``) swaps AP's score for an ablation or substitution from
     ``AP_VARIANTS``; ``key`` is the PRNG key ``"negative_random"`` needs. ``mask_bn_scale`` makes
     the leaves named ``scale`` (BatchNorm gamma) prunable too, as the official code does.
+    ``ap_prune_result`` gives the same step with what X and AP each took.
     """
+    return ap_prune_result(mask, params, params_ref, rate, ap_rate, base_scores, scope, variant, key,
+                           mask_bn_scale).mask
+
+
+def ap_prune_result(
+    mask: PyTree,
+    params: PyTree,
+    params_ref: PyTree,
+    rate: Any = 0.2,
+    ap_rate: Any = 0.02,
+    base_scores: PyTree | None = None,
+    scope: str = "global",
+    variant: str = "ap",
+    key: jax.Array | None = None,
+    mask_bn_scale: bool = False,
+) -> PruneResult:
+    """``ap_prune`` returning a ``PruneResult``: X's mask, the final mask and AP's budget."""
     if mask_bn_scale:
         view = masks.scales_as_kernels
         base = None if base_scores is None else view(base_scores)
-        pruned = ap_prune(view(mask), view(params), view(params_ref), rate, ap_rate, base, scope,
-                          variant, key)
-        return masks.restore_shapes(pruned, mask)
+        result = ap_prune_result(view(mask), view(params), view(params_ref), rate, ap_rate, base, scope,
+                                 variant, key)
+        return PruneResult(masks.restore_shapes(result.after_x, mask), masks.restore_shapes(result.mask, mask),
+                           result.ap_budget)
     _check_rates(rate, ap_rate)
     check_variant(variant)
     masks.check_match(params, mask)
@@ -168,4 +196,21 @@ def ap_prune(
     )
     if all(prune.is_concrete(leaf) for leaf in jax.tree_util.tree_leaves(after_ap)):
         _warn_if_short(after_base, after_ap, ap_count, scope, AP_VARIANTS[variant].pool)
-    return after_ap
+    return PruneResult(after_base, after_ap, sum(ap_count) if scope != "global" else ap_count)
+
+
+def prune_record(before: PyTree, result: PruneResult) -> dict[str, Any]:
+    """What one prune did, for a run's records: weights X took, AP's budget, weights AP took, the
+    shortfall (budget not met for want of candidates) and AP's picks per prunable leaf.
+
+    ``before`` and ``result``'s masks are counted by their prunable (``ndim >= 2``) leaves: pass
+    ``masks.scales_as_kernels`` views of all three to count BatchNorm scales too.
+    """
+    def alive(mask: PyTree) -> dict[str, int]:
+        return {name: int(np.sum(leaf)) for name, leaf in masks.prunable_leaves(mask)}
+
+    start, after_x, end = alive(before), alive(result.after_x), alive(result.mask)
+    ap_per_layer = {name: after_x[name] - end[name] for name in start}
+    budget, taken = int(np.asarray(result.ap_budget)), sum(ap_per_layer.values())
+    return {"x_pruned": sum(start.values()) - sum(after_x.values()), "ap_budget": budget,
+            "ap_pruned": taken, "ap_shortfall": max(budget - taken, 0), "ap_pruned_per_layer": ap_per_layer}

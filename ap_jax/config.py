@@ -55,6 +55,8 @@ class RunConfig:
     scope: str = _field("global", "pruning scope", choices=SCOPES)
     cycles: int = _field(5, "pruning cycles after the dense run (remaining share 0.8^c)")
     epochs: int = _field(10, "training epochs per cycle")
+    dense_epochs: int = _field(0, "training epochs of the dense cycle 0, with its own LR schedule of that "
+                               "length (0: --epochs, like every cycle)", added=True)
     batch_size: int = _field(128, "training batch size")
     lr: float = _field(0.1, "peak learning rate")
     momentum: float = _field(0.9, "SGD momentum")
@@ -103,6 +105,10 @@ class RunConfig:
         canonical = json.dumps(hashed, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
+    def cycle_epochs(self, cycle: int) -> int:
+        """Training epochs of cycle ``cycle``: ``dense_epochs`` for cycle 0 when set, else ``epochs``."""
+        return self.dense_epochs if cycle == 0 and self.dense_epochs else self.epochs
+
     def optim(self):
         """The optimizer part of the config as a ``train.OptimConfig``."""
         from ap_jax.train import OptimConfig
@@ -123,6 +129,7 @@ def check(cfg: RunConfig) -> None:
          f"--ap-start-cycle must be in [0, --cycles), got {cfg.ap_start_cycle} with --cycles {cfg.cycles}"),
         (cfg.cycles >= 1, f"--cycles must be at least 1, got {cfg.cycles}"),
         (cfg.epochs >= 1, f"--epochs must be at least 1, got {cfg.epochs}"),
+        (cfg.dense_epochs >= 0, f"--dense-epochs must be 0 (--epochs) or positive, got {cfg.dense_epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {cfg.eval_batch_size}"),
         (cfg.train_size >= 0, f"--train-size must be 0 (all) or positive, got {cfg.train_size}"),

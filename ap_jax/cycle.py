@@ -11,7 +11,10 @@ One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycle
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
 cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
-site (over units, and its per-channel variant over whole feature maps), and wall seconds. The
+site (over units, and its per-channel variant over whole feature maps), and wall seconds; and one
+per prune (``kind="prune"``, numbered by the cycle it gives its mask): how many weights X took,
+AP's budget, how many AP took (a shortfall when too few candidates were alive) and per layer, and
+the DNR of the trained network right after the prune, before retraining. The
 DNR is measured after every epoch with BatchNorm in eval mode on the first ``dnr_size`` training
 examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
@@ -60,6 +63,9 @@ Row = dict[str, Any]
 # init and training keys, and with partitionable threefry ``split(k)[i] == fold_in(k, i)``.
 REINIT_STREAM = 2  # the fresh inits of ``reinit``
 PRUNE_STREAM = 3  # pruning draws (the random AP variant), independent of every training draw
+# Fields that act only when a cycle's training ends (at the prune), so runs that differ in them
+# alone train the same dense cycle 0, bit for bit, and one may take it from the other.
+PRUNE_ONLY = ("ap_rate", "ap_variant", "ap_start_cycle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +76,7 @@ class RunOptions:
     keep_checkpoints: int = 2  # newest train-state checkpoints kept (theta_0 and cycles: all)
     skip_nonfinite: bool = False  # skip batches with a NaN/inf loss instead of stopping
     devices: int | None = None  # devices of the ('data',) mesh, the first N (None: every device)
+    dense_from: Path | None = None  # a run of this config up to PRUNE_ONLY fields: take its cycle 0
 
 
 def arm_folder(arm: str) -> str:
@@ -97,7 +104,7 @@ def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
     return models.get(cfg.model, num_classes=num_classes, **options)
 
 
-def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> PyTree:
+def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> ap.PruneResult:
     """The prune after training cycle ``cycle``: X (magnitude) for ``rate - ap_rate``, then AP
     (``cfg.ap_variant``) for ``ap_rate``; before ``cfg.ap_start_cycle`` X takes the whole rate.
     One-shot methods prune ``methods.prune_rates`` of these at once.
@@ -107,11 +114,7 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
     ap_rate = cfg.ap_rate if cycle >= cfg.ap_start_cycle else 0.0
     rate, ap_rate = methods.prune_rates(methods.get(cfg.method), cfg.rate, ap_rate, cfg.cycles)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.key(cfg.seed), PRUNE_STREAM), cycle)
-    if cfg.prune_rule == "official":
-        return official.threshold_prune(mask, trained, cycle_start, rate, ap_rate, cfg.mask_bn_scale,
-                                        cfg.duplicated_pool, cfg.ap_variant, key)
-    return ap.ap_prune(mask, trained, cycle_start, rate=rate, ap_rate=ap_rate, scope=cfg.scope,
-                       variant=cfg.ap_variant, key=key, mask_bn_scale=cfg.mask_bn_scale)
+    return official.prune_function(cfg)(mask, trained, cycle_start, rate, ap_rate, key)
 
 
 def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig) -> dict[str, Any]:
@@ -134,7 +137,7 @@ def is_complete(rows: list[dict[str, Any]], cfg: RunConfig) -> bool:
 
 def check_rewind_step(cfg: RunConfig, num_train: int) -> str | None:
     """Why ``cfg.rewind_step`` is not a step of a cycle on ``num_train`` examples, or None."""
-    steps_per_cycle = cfg.epochs * (num_train // cfg.batch_size)
+    steps_per_cycle = cfg.cycle_epochs(0) * (num_train // cfg.batch_size)
     return methods.rewind_problem(methods.get(cfg.method), cfg.rewind_step, steps_per_cycle)
 
 
@@ -192,14 +195,43 @@ def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
                           "given); pass the flags it was run with, or another --out")
 
 
+def can_share_dense(cfg: RunConfig) -> bool:
+    """Whether a run of ``cfg`` needs nothing of its dense cycle but the end weights (no rewind
+    point, no carried momentum), so it may take that cycle from a paired run."""
+    return methods.get(cfg.method).start_from != "rewind" and cfg.reapply_mask
+
+
+def check_dense_from(source: Path, cfg: RunConfig) -> None:
+    """Raise ``RunDirError`` unless ``source`` finished cycle 0 of ``cfg`` up to ``PRUNE_ONLY``
+    fields, and ``cfg`` needs nothing of cycle 0 but its end (no rewind point, no momentum)."""
+    if not can_share_dense(cfg):
+        raise RunDirError("a dense cycle can be shared only when the next cycle needs nothing but its "
+                          "end weights: not with --method lth_rewind or --reapply-mask false")
+    stored = _read_json_object(source / "config.json", "a config (a JSON object of fields)",
+                               "pass a finished run directory as the dense run")
+    diffs = config.differences({**stored, **{k: getattr(cfg, k) for k in PRUNE_ONLY}}, cfg)
+    if diffs:
+        raise RunDirError(f"{source} trained another dense cycle ({'; '.join(diffs)}, stored vs given); "
+                          f"only {', '.join(PRUNE_ONLY)} may differ")
+    if not dense_cycle_ready(source):
+        raise RunDirError(f"{source} has not finished its dense cycle 0; run it first")
+
+
+def dense_cycle_ready(source: Path) -> bool:
+    """Whether ``source`` holds a finished dense cycle 0: its row and its saved variables."""
+    rows = records.read_rows(source / "metrics.jsonl")
+    return any(r["cycle"] == 0 and r["kind"] == "cycle" for r in rows) and (source / "cycles" / "0").is_dir()
+
+
 def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None,
-                     restarted: bool = False) -> None:
+                     restarted: bool = False, dense_from: Path | None = None) -> None:
     """config.json, and provenance.json: on a resume the new start is added under ``resumed``; on a
     restart from the first epoch (rows but no checkpoint) it becomes the record, and the earlier
     starts, which produced none of the rows now written, go under ``abandoned``."""
     records.write_json(run_dir / "config.json", cfg.to_dict())
     mesh = parallel.describe(parallel.make_mesh(devices))
-    path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh)
+    extra = {} if dense_from is None else {"dense_cycle_from": str(dense_from)}
+    path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh, **extra)
     if path.exists():
         first = _read_json_object(path, "a provenance record (a JSON object)", "restore it, or delete it "
                                   "to go on with a new one (the run's rows and checkpoints are kept)")
@@ -236,12 +268,10 @@ class _Run:
         self.theta0 = self.store.init_variables(self.initial_variables(init_key))
         self.steps_per_epoch = feed.num_train // cfg.batch_size
         self.last_cycle = methods.last_cycle(self.method, cfg.cycles)
-        schedules = {"replay": train.lr_schedule(cfg.optim(), cfg.epochs * self.steps_per_epoch, self.steps_per_epoch),
-                     "constant": optax.constant_schedule(cfg.finetune_lr)}
-        used = {methods.schedule_of(self.method, c) for c in range(self.last_cycle + 1)}
+        used = {self.schedule_key(c) for c in range(self.last_cycle + 1)}
         # (tx, steps) per LR schedule some cycle uses, so a second compile happens only if needed
-        self.trainers = {name: self._trainer(model, feed, schedules[name]) for name in sorted(used)}
-        self.tx, self.steps = self.trainers["replay"]  # cycle 0's; the steps evaluate every cycle
+        self.trainers = {key: self._trainer(model, feed, self.schedule(*key)) for key in sorted(used)}
+        self.steps = self.trainer(0)[1]  # cycle 0's steps evaluate every cycle
         self.rewind: PyTree | None = None  # the dense run's variables at step rewind_step, once reached
         self.rows: list[Row] = []
         self.started = time.perf_counter()
@@ -261,9 +291,30 @@ class _Run:
                                     skip_nonfinite=self.options.skip_nonfinite, mesh=self.mesh,
                                     reapply_mask=self.cfg.reapply_mask)
 
+    def schedule_key(self, cycle: int) -> tuple[str, int]:
+        """Cycle ``cycle``'s LR schedule: its method's kind and the cycle's length in epochs."""
+        return methods.schedule_of(self.method, cycle), self.cfg.cycle_epochs(cycle)
+
+    def schedule(self, kind: str, epochs: int) -> optax.Schedule:
+        """The whole LR schedule over ``epochs`` epochs (``"replay"``), or fine-tuning's constant LR."""
+        if kind == "constant":
+            return optax.constant_schedule(self.cfg.finetune_lr)
+        return train.lr_schedule(self.cfg.optim(), epochs * self.steps_per_epoch, self.steps_per_epoch)
+
     def trainer(self, cycle: int):
         """``(tx, steps)`` that cycle ``cycle`` trains with (its method's LR schedule)."""
-        return self.trainers[methods.schedule_of(self.method, cycle)]
+        return self.trainers[self.schedule_key(cycle)]
+
+    def epochs_before(self, cycle: int) -> int:
+        """Training epochs of every cycle before ``cycle`` (checkpoints count epochs over the run)."""
+        return sum(self.cfg.cycle_epochs(c) for c in range(cycle))
+
+    def last_epoch_done(self, epochs_done: int) -> tuple[int, int]:
+        """``(cycle, epoch)`` of the run's ``epochs_done``-th epoch (counted from 1)."""
+        cycle = 0
+        while self.epochs_before(cycle + 1) < epochs_done:
+            cycle += 1
+        return cycle, epochs_done - 1 - self.epochs_before(cycle)
 
     def fresh(self, start: PyTree, mask: PyTree, cycle: int,
               momentum_from: Any = None) -> tuple[train.TrainState, PyTree]:
@@ -279,6 +330,8 @@ class _Run:
         if self.store.rewind is not None:
             self.rewind = self.store.rewind_variables(self.theta0)
         position = self.store.restore_latest(state, start, self.key)
+        if position is None and self.options.dense_from is not None:
+            position = self.dense_position(state, start)
         if position is None:
             if rows:  # e.g. a fresh clone: metrics.jsonl is committed, checkpoints are not
                 warnings.warn(f"{self.metrics_path} has {len(rows)} rows but no checkpoint to resume them "
@@ -292,7 +345,7 @@ class _Run:
                     f"follows {position.rows_before}: rows were removed; delete "
                     f"{self.metrics_path.parent} to start that run again")
             rows = rows[: position.rows_before] + position.rows
-            cycle, done = divmod(position.epochs_done - 1, self.cfg.epochs)
+            cycle, done = self.last_epoch_done(position.epochs_done)
             epoch, state, start, self.key = done + 1, position.state, position.cycle_start, position.key
             self.started -= rows[-1]["wall_s"]
         on_disk = self.metrics_path.read_text() if self.metrics_path.exists() else ""
@@ -300,6 +353,17 @@ class _Run:
             records.write_rows(self.metrics_path, rows)
         self.rows = rows
         return cycle, epoch, state, start
+
+    def dense_position(self, state: train.TrainState, start: PyTree) -> checkpoint.Position:
+        """The end of cycle 0 as ``options.dense_from`` trained it, as if this run had: its cycle-0
+        rows and end variables (the optimizer state is not carried: the next cycle starts afresh)."""
+        source = self.options.dense_from
+        dense = checkpoint.read_cycle(source, 0)
+        rows = [r for r in records.read_rows(source / "metrics.jsonl") if r["cycle"] == 0]
+        end = jax.tree_util.tree_map(jnp.asarray, dense["end"])
+        trained = state.replace(params=end["params"], batch_stats=end["batch_stats"],
+                                step=jnp.asarray(self.cfg.cycle_epochs(0) * self.steps_per_epoch, state.step.dtype))
+        return checkpoint.Position(self.cfg.cycle_epochs(0), trained, start, self.key, 0, rows)
 
     def train_epoch(self, state: train.TrainState, cycle: int, epoch: int, remaining: float):
         """Train one epoch and measure it: the new state and its ``kind="epoch"`` row."""
@@ -335,7 +399,7 @@ class _Run:
     def commit(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree, pending: list[Row]) -> None:
         """Checkpoint after ``epoch`` of ``cycle``, then (and only then) append its rows."""
         self.store.save_state(checkpoint.Position(
-            cycle * self.cfg.epochs + epoch + 1, state, start, self.key, len(self.rows), pending))
+            self.epochs_before(cycle) + epoch + 1, state, start, self.key, len(self.rows), pending))
         records.append_rows(self.metrics_path, pending)
         self.rows.extend(pending)
 
@@ -343,13 +407,15 @@ class _Run:
         """``mask`` as the remaining shares count it: with BatchNorm scales when they are prunable."""
         return masks.scales_as_kernels(mask) if self.cfg.mask_bn_scale else mask
 
-    def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree) -> train.TrainState:
-        """Epochs ``epoch..`` of ``cycle``, checkpointed every ``checkpoint_every`` and at the end."""
-        remaining, pending = float(masks.remaining(self.counted(state.mask))), []
-        for epoch in range(epoch, self.cfg.epochs):
+    def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree,
+                    pending: list[Row]) -> train.TrainState:
+        """Epochs ``epoch..`` of ``cycle``, checkpointed every ``checkpoint_every`` and at the end;
+        ``pending`` rows (the prune's) are committed with the first checkpoint."""
+        remaining, pending = float(masks.remaining(self.counted(state.mask))), list(pending)
+        for epoch in range(epoch, self.cfg.cycle_epochs(cycle)):
             state, row = self.train_epoch(state, cycle, epoch, remaining)
             pending.append(row)
-            last = epoch == self.cfg.epochs - 1
+            last = epoch == self.cfg.cycle_epochs(cycle) - 1
             if last:
                 pending.append({**row, "kind": "cycle", "layer_remaining": {
                     k: 1.0 - float(v) for k, v in masks.layer_sparsity(self.counted(state.mask)).items()}})
@@ -361,11 +427,14 @@ class _Run:
     def run(self, rows: list[Row]) -> list[Row]:
         """Every cycle from where ``rows`` and the checkpoints leave off; returns all rows."""
         cycle, epoch, state, start = self.resume(rows)
+        pending: list[Row] = []
         for cycle in tqdm(range(cycle, self.last_cycle + 1), desc=self.label or "cycles", disable=None):
-            state = self.train_cycle(cycle, epoch, state, start)
+            state = self.train_cycle(cycle, epoch, state, start, pending)
             self.store.save_cycle(cycle, state.mask, start, _variables(state))
             if cycle < self.last_cycle:
-                mask = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
+                pruned = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
+                pending = [self.prune_row(cycle + 1, state, pruned)]
+                mask = pruned.mask
                 rewind = None if self.rewind is None else (self.rewind["params"], self.rewind["batch_stats"])
                 params, stats = methods.next_start(
                     self.method, (self.theta0["params"], self.theta0["batch_stats"]),
@@ -377,6 +446,19 @@ class _Run:
                 state, start = self.fresh({"params": params, "batch_stats": stats}, mask, cycle + 1, momentum)
                 epoch = 0
         return self.rows
+
+    def prune_row(self, cycle: int, trained: train.TrainState, pruned: ap.PruneResult) -> Row:
+        """The ``kind="prune"`` row of the prune that gives cycle ``cycle`` its mask: what X and AP
+        took (``ap.prune_record``) and the DNR of the trained network right after the prune, before
+        any retraining (BatchNorm in eval mode with the trained running statistics)."""
+        view = self.counted
+        record = ap.prune_record(view(trained.mask), ap.PruneResult(view(pruned.after_x), view(pruned.mask),
+                                                                    pruned.ap_budget))
+        just_pruned = trained.replace(params=masks.apply(trained.params, pruned.mask), mask=pruned.mask)
+        dnr = train.dead_neuron_rate(self.steps, just_pruned, self.feed.dnr_inputs, self.cfg.eval_batch_size)
+        return {"kind": "prune", "cycle": cycle, "remaining": float(masks.remaining(view(pruned.mask))),
+                **record, "dnr": dnr["overall"], "dnr_per_layer": dnr["per_layer"],
+                "wall_s": time.perf_counter() - self.started}
 
 
 def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "",
@@ -390,7 +472,8 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     is; an incomplete one resumes from its newest readable checkpoint. A directory of another
     config, or one another process is running (``exclusive``), is a ``RunDirError``; a hand-broken
     ``metrics.jsonl`` a ``records.RecordsError``; a ``rewind_step`` past the steps of a cycle a
-    ``ValueError``, before anything is written.
+    ``ValueError``, before anything is written. With ``options.dense_from`` a run with no
+    checkpoint yet takes cycle 0 from that run (``check_dense_from`` says when it may).
     """
     jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
     if problem := check_rewind_step(cfg, dataset.num_train):
@@ -399,13 +482,15 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     rows = records.read_rows(run_dir / "metrics.jsonl")
     if is_complete(rows, cfg):
         return rows
+    if options.dense_from is not None and not checkpoint.has_states(run_dir):
+        check_dense_from(options.dense_from, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with exclusive(run_dir):
         rows = records.read_rows(run_dir / "metrics.jsonl")  # as the last holder left them
         if is_complete(rows, cfg):
             return rows
         restarted = bool(rows) and not checkpoint.has_states(run_dir)
-        _write_run_files(run_dir, cfg, label, options.devices, restarted)
+        _write_run_files(run_dir, cfg, label, options.devices, restarted, options.dense_from)
         driver = _Run(cfg, dataset, run_dir, label, options)
         try:
             return driver.run(rows)

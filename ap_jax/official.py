@@ -1,78 +1,24 @@
 """Official-code parity: the official AP code's behaviour as switches and one preset.
 
-Every quirk of the official code (``resnet_20.py``, commit 95a063b; ``../shared/paper.md`` §5
-lists them) that changes results is one ``RunConfig`` field, each ``added`` so that configs
-leaving it at its default keep their hash. ``preset(cfg)`` turns them all on, so a run with
-and one without them attribute any gap between the paper's numbers and ours
-(``../shared/paper.md`` §6, claim 6)::
+Every behaviour of the authors' released code that changes results and that the paper does not
+describe is one ``RunConfig`` field, each ``added`` so that configs leaving it at its default keep
+their hash. ``preset(cfg)`` turns them all on, so a run with and one without them attribute any
+gap between the paper's numbers and ours::
 
     from ap_jax import official
     cfg = official.preset(RunConfig(model="mlp", cycles=10, epochs=5), warmup_steps=900)
 
-Switch (field) -> official behaviour (``resnet_20.py`` lines):
-
-- ``weight_decay=5e-4, decay_all=True`` -> wd 5e-4 on every parameter, BN and biases too
-  (117, 160).
-- ``lr_schedule="official"`` with ``lr=0.1, warmup_steps=20000, lr_drops=(0.5, 0.64)`` -> the LR
-  rises by lr/20000 per step from 0, is overwritten to 0.01 from epoch 25 and to 0.001 from epoch
-  32 of 50, and restarts with every training (37-39, 241-247; ``train.official_lr_schedule``).
-  At a smaller scale pass ``warmup_steps`` too: 20000 is 51 % of the official 39100 steps.
-- ``reinit=True`` -> ``--prune_type reinit``: every cycle after the first trains a fresh random
-  init (drawn from the seed and the cycle), masked; AP's W_0 is that init (147-156).
-- ``init="xavier"`` -> Xavier-normal conv/dense kernels, BN gamma ~ N(1, 0.02), BN beta = 0,
-  dense and conv bias ~ N(0, 1) (107, 435-466; ``xavier_init``).
-- ``mask_bn_scale=True`` -> BN gamma is prunable like every tensor PyTorch names ``weight``
-  (152-156, 304-408).
-- ``prune_rule="official"`` -> X removes the alive weights with ``|w| < np.percentile(|pool|,
-  100 (p - q))``; AP's ``k = floor(q * len(pool))`` with the pool taken before X, and AP removes
-  the alive candidates with ``score <= sort(candidate scores)[k]``: k+1 weights, more on ties
-  (297-390; ``threshold_prune``). Alive means mask True and value non-zero, as the code's
-  ``np.nonzero``. Where the code raises IndexError (k+1 > candidates) all candidates go, with a
-  warning. With ``ap_rate = 0`` (before ``ap_start_cycle``) AP is skipped, not run with k = 0.
-- ``duplicated_pool=True`` -> the code's pool bug: its ``hstack`` runs for every parameter, so
-  every bias (and BN beta) re-appends the weight tensor walked just before it (304-311,
-  346-359; ``pool_sources``).
-- ``reapply_mask=False`` -> gradients zeroed where a weight is exactly 0 instead of masking, and
-  the optimizer's momentum carried across the prune (160, 268-273; ``train.make_steps``,
-  ``train.fresh_state``).
-
-Pool order. The pool is only sorted and its percentile taken, so only which tensors it holds (and
-how often) matters. PyTorch's ``named_parameters`` walks each module's ``weight`` then its
-``bias``; ``pool_sources`` walks the Flax leaves in tree-flatten order with each module's kernel
-or scale moved before its other leaves, which gives the same pool whenever every module with a
-bias has its own prunable tensor: true of every ap_jax model when BN scales are masked. With
-``mask_bn_scale=False`` a BN's gamma and beta re-append the prunable tensor walked before them
-in that order (sorted module names), not its conv as in PyTorch.
-
-The two training phases. The official code trains every sparsity level twice: each cycle
-re-initialises (or rewinds), trains with a fresh optimizer (phase 1), prunes on that, rewinds to
-the cycle's init with the new mask and trains again with the *same* optimizer (phase 2): only
-phase 2 is logged. We train each level once: our cycle c is the official phase 1 at level c
-(reset, train, prune); with ``reapply_mask=False`` it also takes phase 2's quirks: the optimizer
-state carries the momentum of cycle c - 1's training (the LR schedule restarts), the mask is not
-used in training or evaluation and gradients are zeroed at exact zeros, so the weights pruned
-after cycle c - 1 revive. The reported network then has phase 2's leak, but the prune after it
-ranks these leaky weights where the official ranks a clean phase-1 retrain, and with ``reinit``
-it starts from cycle c's fresh init where the official phase 2 starts from cycle c - 1's.
-The ``remaining`` column stays the mask's share (the nominal sparsity).
-
-Not reproduced, and why:
-
-- evaluation quirks (53, 61, 84, 206, 293): augmented test set, last test batch dropped but
-  the count divided by 10000, train accuracy on augmented data in eval mode: they bias the
-  *measurement*, not the network, and we report clean test accuracy;
-- the dense phase trained twice (official cycle 0 is never pruned; cycle 1 trains it again), the
-  train loader's last partial batch (we drop it: fixed-shape jitted steps), BN running statistics
-  carried across resets (we rewind them with the weights): small effects, costly to mirror;
-- no seeds, the crashing ``num_on``/``vgg_initial`` and the broken X-only branch: bugs with no
-  behaviour to reproduce; the data split and the ResNet option-B shortcut are already ours.
+The switches (``weight_decay``/``decay_all``, ``lr_schedule``, ``reinit``, ``init``,
+``mask_bn_scale``, ``prune_rule``, ``duplicated_pool``, ``reapply_mask``), the lines of the
+official code each mirrors, the pool's order, how its two training phases map onto our one, and
+what is not reproduced and why: ``docs/official.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -118,6 +64,20 @@ def preset(cfg: Any, **overrides: Any) -> Any:
     Scale (model, data, cycles, epochs, batch size, seed) stays as ``cfg`` has it.
     """
     return dataclasses.replace(cfg, **{**OFFICIAL, **overrides})
+
+
+PruneFunction = Callable[[PyTree, PyTree, PyTree, float, float, jax.Array], "ap.PruneResult"]
+
+
+def prune_function(cfg: Any) -> PruneFunction:
+    """The prune a run's config asks for, ``(mask, trained, cycle_start, rate, ap_rate, key) ->
+    ap.PruneResult``: the paper's exact counts, or the official code's threshold rule."""
+    if cfg.prune_rule == "official":
+        return lambda mask, trained, start, rate, ap_rate, key: threshold_prune_result(
+            mask, trained, start, rate, ap_rate, cfg.mask_bn_scale, cfg.duplicated_pool, cfg.ap_variant, key)
+    return lambda mask, trained, start, rate, ap_rate, key: ap.ap_prune_result(
+        mask, trained, start, rate=rate, ap_rate=ap_rate, scope=cfg.scope, variant=cfg.ap_variant, key=key,
+        mask_bn_scale=cfg.mask_bn_scale)
 
 
 def xavier_init(params: PyTree, key: jax.Array) -> PyTree:
@@ -204,7 +164,24 @@ def threshold_prune(
     ``|w| < t``. AP (skipped when ``ap_rate == 0``): ``k = int(len(pool) * ap_rate)`` from X's
     pool, ``tau = sort(scores of the alive candidates, pool-weighted)[k]``, prune the alive
     candidates with ``score <= tau``. Scores are ``ap.variant_scores(variant, ...)``.
+    ``threshold_prune_result`` gives the same step with what X and AP each took.
     """
+    return threshold_prune_result(mask, params, params_ref, rate, ap_rate, mask_bn_scale, duplicated_pool,
+                                  variant, key).mask
+
+
+def threshold_prune_result(
+    mask: PyTree,
+    params: PyTree,
+    params_ref: PyTree,
+    rate: float = 0.2,
+    ap_rate: float = 0.02,
+    mask_bn_scale: bool = True,
+    duplicated_pool: bool = True,
+    variant: str = "ap",
+    key: jax.Array | None = None,
+) -> ap.PruneResult:
+    """``threshold_prune`` as an ``ap.PruneResult``; AP's budget is the code's k (it takes k + 1)."""
     ap.check_variant(variant)
     masks.check_match(params, mask)
     masks.check_match(params_ref, mask)
@@ -222,6 +199,7 @@ def threshold_prune(
         raise ValueError("no alive prunable weights left to prune")
     threshold = np.percentile(pool, _percent(rate, ap_rate))
     kept = [a & ~(m < threshold) if p else a for a, m, p in zip(alive, magnitude, prunable)]
+    after_x, k = kept, 0
     if float(ap_rate) > 0:
         k = int(pool.size * float(ap_rate))
         scores = ap.variant_scores(variant, params, params_ref, key)
@@ -233,4 +211,9 @@ def threshold_prune(
                           f"{ranked.size}; pruned all of them", stacklevel=2)
         tau = ranked[k] if k < ranked.size else np.inf
         kept = [a & ~(c & (s <= tau)) for a, c, s in zip(kept, candidate, score)]
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in kept])
+    return ap.PruneResult(_unflatten(treedef, after_x), _unflatten(treedef, kept), k)
+
+
+def _unflatten(treedef: Any, leaves: list[np.ndarray]) -> PyTree:
+    """A mask of ``treedef``'s structure from numpy leaves."""
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])

@@ -75,7 +75,7 @@ def mean_ci_figure(arms: Mapping[str, Mapping[str, Any]], path: Path, title: str
     """Accuracy and DNR against remaining weights per arm: seed mean and its CI band.
 
     ``arms[name]`` holds ``remaining`` (cycles,), ``seeds`` (the number of seeds), and ``acc`` and
-    ``dnr`` as ``(mean, half_width)`` arrays over cycles (``ap_jax.report.band``; a NaN
+    ``dnr`` as ``(mean, half_width)`` arrays over cycles (``experiments.report.band``; a NaN
     half-width, as with one seed, draws no band).
     """
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -128,4 +128,21 @@ def layer_heatmaps(arms: Mapping[str, tuple[Sequence[str], np.ndarray]], remaini
         ax.set_xticks(range(len(remaining)), [f"{100 * r:.0f}" for r in remaining], fontsize=7, rotation=90)
         ax.set_xlabel("remaining weights (%)")
         fig.colorbar(image, ax=ax, shrink=0.8)
+    _save(fig, path, title)
+
+
+def effect_survival_figure(remaining: np.ndarray, curves: Mapping[str, tuple[np.ndarray, np.ndarray]],
+                           path: Path, title: str = "", ylabel: str = "DNR difference (points)") -> None:
+    """Paired differences against remaining weights, one curve per moment of measurement (e.g.
+    right after a prune and after retraining), each a seed mean with its CI band, and the zero line."""
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    x = 100 * np.asarray(remaining)
+    for name, (mean, hw) in curves.items():
+        mean, hw = 100 * np.asarray(mean), 100 * np.asarray(hw)
+        ax.plot(x, mean, marker="o", markersize=3, label=name)
+        ax.fill_between(x, mean - hw, mean + hw, alpha=0.25)
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    _log_remaining_axis(ax, list(x))
+    ax.set_ylabel(ylabel)
+    ax.legend()
     _save(fig, path, title)

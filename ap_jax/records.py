@@ -26,7 +26,7 @@ from ap_jax.parallel import is_main_process
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_PATHS = ("ap_jax", "experiments", "pyproject.toml")  # "+dirty" means these differ from HEAD
-ROW_KINDS = ("epoch", "cycle")
+ROW_KINDS = ("epoch", "cycle", "prune")
 
 
 class RecordsError(ValueError):

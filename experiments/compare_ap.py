@@ -221,12 +221,18 @@ def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
 
 
 def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: feeds.AnyDataset) -> dict[str, list[dict]]:
-    """Both arms into ``root/<arm>/seed_<s>/`` (finished arms reused, unfinished ones resumed)."""
+    """Both arms into ``root/<arm>/seed_<s>/`` (finished arms reused, unfinished ones resumed).
+
+    X runs first; X+AP takes X's dense cycle 0 (the same network, bit for bit) where it can.
+    """
     options = run_options(args, args.devices)
-    return {
-        label: cycle.run(arm, dataset, cycle.arm_run_dir(root, label, cfg.seed), label, options)
-        for label, arm in arm_configs(cfg).items()
-    }
+    (x_label, x_cfg), (ap_label, ap_cfg) = arm_configs(cfg).items()
+    x_dir = cycle.arm_run_dir(root, x_label, cfg.seed)
+    rows = {x_label: cycle.run(x_cfg, dataset, x_dir, x_label, options)}
+    can_share = cycle.can_share_dense(ap_cfg) and cycle.dense_cycle_ready(x_dir)
+    shared = dataclasses.replace(options, dense_from=x_dir) if can_share else options
+    rows[ap_label] = cycle.run(ap_cfg, dataset, cycle.arm_run_dir(root, ap_label, cfg.seed), ap_label, shared)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 without AP, over seeds, at full scale or at a CPU-sized scale.
 
 A table module holds a ``TableSpec``: the network and dataset, the full-scale hyper-parameters
-with the source of each (the paper names only the source works: ``../shared/paper.md`` §3-4; what
+with the source of each (the paper names only the source works, ``docs/method.md`` §7; what
 none of them fixes is marked as our choice), the overrides that shrink it to a CPU run, and the
 cycles whose accuracy the table shows. ``main`` runs, for every base method and seed, X alone and
 X+AP (``ap_rate`` = q) as ``ap_jax.cycle`` run directories under

@@ -9,7 +9,7 @@ p = 20 points (``lth+AP``), the AP share q at 1 and 4 points, the ablation and s
 variants of ``ap_jax.ap``, and the official code's semantics (``ap_jax.official``). Every
 run lives in ``<out>/runs/<part>/<arm>/seed_<s>/`` (``ap_jax.cycle`` run directories): a finished
 run is reused, an interrupted one resumes from its last checkpoint, so running the same command
-again continues the study where it stopped. ``--report`` (``ap_jax.report``) then reads the run
+again continues the study where it stopped. ``--report`` (``experiments.report``) then reads the run
 directories and writes ``REPRODUCTION.md`` with means, 95 % confidence intervals and verdicts.
 The report covers every run in ``<out>`` besides the grid asked for, so running part of a study
 (``--parts``, ``--arms``, ``--seeds``) never rewrites its report with fewer runs; where all of
@@ -33,8 +33,8 @@ from ap_jax import config, conv, cycle, feeds, fetch, official, parallel
 from ap_jax.config import RunConfig
 from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
 
-if TYPE_CHECKING:  # ap_jax.report imports matplotlib: only once there is something to report
-    from ap_jax.report import Scale
+if TYPE_CHECKING:  # experiments.report imports matplotlib: only once there is something to report
+    from experiments.report import Scale
 
 NAME = "reproduce"
 SEEDS = (0, 1, 2)
@@ -218,7 +218,7 @@ def this_command(argv: list[str] | None) -> list[str]:
 
 def report_scale(settings: list[str]) -> Scale:
     """The report's scale: the CPU study's own, or its configs as changed by ``--set``."""
-    from ap_jax import report
+    from experiments import report
 
     if not settings:
         return report.CPU_SCALE
@@ -296,12 +296,15 @@ def main(argv: list[str] | None = None) -> int:
             out.mkdir(parents=True, exist_ok=True)
             for job in run_jobs(jobs, out, args.data_dir, run_options(args, devices)):
                 print(f"done: {job.part} {job.arm} seed {job.seed}", file=sys.stderr)
-        from ap_jax import report  # matplotlib only once there is something to report
+        from experiments import report  # matplotlib only once there is something to report
 
         reported, whole = report_jobs(jobs, out, overrides)
         command = study_command(parser, args) if whole else shlex.join(this_command(argv))
         earlier = not whole and len(reported) > len(jobs)
-        note = DATA_NOTE + (f" Some runs come from earlier commands on {out}." if earlier else "")
+        note = DATA_NOTE + (f" Some runs come from earlier commands on {out}." if earlier else "") + \
+            " Claims 2 and 3 with BatchNorm at the paper's sparsities (ResNet-20, all of CIFAR-10, down " \
+            "to 1.15 %, five seeds, a pre-registered contrast) are the high-sparsity study's: " \
+            "`python -m experiments.high_sparsity`, report HIGH_SPARSITY.md."
         path = report.write(out, Path(args.report_path), reported, note=note, command=command,
                             scale=report_scale(args.set))
         print(f"written: {path}")

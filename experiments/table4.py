@@ -25,7 +25,7 @@ SPEC = TableSpec(
     cpu={"train_size": 1000, "epochs": 1, "cycles": 2},
     levels=(5, 7, 10, 13, 16, 19),
     rewind_step={"full": 2000, "cpu": 1},
-    notes=("CIFAR-100 is not in ../shared/data: pass --data-dir to a TFDS dir holding cifar100:3.0.2.",),
+    notes=("CIFAR-100 is not in the offline data dir: pass --data-dir to a TFDS dir holding cifar100:3.0.2.",),
 )
 
 

@@ -11,7 +11,7 @@ validation split), normalised on the device.
 **Which ImageNet.** The full scale uses ``imagenet2012`` (1000 classes): the paper's text says
 ImageNet, and the recipe it cites for this table (Renda et al. 2020) is ImageNet-1k, whose
 1,281,167 training images fix the step counts below (1251 steps of 1024 per epoch). The official
-code hints that the paper's numbers may come from a 200-class subset (``../shared/paper.md`` §3:
+code hints that the paper's numbers may come from a 200-class subset (``docs/method.md`` §7:
 its README mentions an unreleased "ImageNet-200", its ResNet-50 has 200 outputs); ``--dataset
 imagenet200`` runs on the first 200 classes instead. Warm-up and rewind step are counted in
 steps, so with ``imagenet200`` pass ``--warmup-steps`` (and ``--rewind-step``) for its epoch length

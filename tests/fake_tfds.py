@@ -1,9 +1,10 @@
 """Write a tiny fake CIFAR-like TFDS dataset in the real on-disk format, without TensorFlow.
 
-The result looks like ``shared/data/cifar10/3.0.2``: ``{name}-{split}.array_record-00000-of-00001``
-files holding serialized ``tf.Example`` protos (features ``image``: (32, 32, 3) uint8 PNG,
-``label``: ClassLabel, ``id``: Text; cifar100 also ``coarse_label``: ClassLabel(20), as tfds's
-``Cifar100`` builder), plus ``dataset_info.json``, ``features.json`` and the label name files.
+The result looks like a prepared TFDS data dir's ``cifar10/3.0.2``:
+``{name}-{split}.array_record-00000-of-00001`` files holding serialized ``tf.Example`` protos
+(features ``image``: (32, 32, 3) uint8 PNG, ``label``: ClassLabel, ``id``: Text; cifar100 also
+``coarse_label``: ClassLabel(20), as tfds's ``Cifar100`` builder), plus ``dataset_info.json``,
+``features.json`` and the label name files.
 ``tfds.data_source(f"{name}:{version}", data_dir=..., download=False)`` reads it back exactly
 like the real dataset. :func:`write_fake_imagenet` writes ``imagenet2012/5.1.0`` the same way
 (features ``image``: JPEG of any size, ``label``: ClassLabel with tfds's 1000 ImageNet

@@ -115,6 +115,22 @@ def test_six_weights_hand_worked(variant, pruned):
     np.testing.assert_array_equal(np.flatnonzero(~np.asarray(new["k"]).ravel()), pruned)
 
 
+def test_prune_record_of_the_six_weights_hand_worked():
+    """The weights above and a positive leaf "j", N = 8: magnitude's round(0.25 N) = 2 take |w| 0.1
+    and 0.2 (indices 5 and 1 of "k"), AP's budget of 2 the alive negatives left, 0 and 2. Then a
+    short supply: rate 0.9, ap_rate 0.8 of N = 6 ask AP for round(4.8) = 5 negatives after
+    magnitude's round(0.6) = 1, and three exist."""
+    params, ref = {**W, "j": jnp.ones((1, 2))}, {**W0, "j": jnp.ones((1, 2))}
+    mask = masks.init(params)
+    result = ap.ap_prune_result(mask, params, ref, rate=0.5, ap_rate=2 / 8)
+    assert ap.prune_record(mask, result) == {"x_pruned": 2, "ap_budget": 2, "ap_pruned": 2, "ap_shortfall": 0,
+                                             "ap_pruned_per_layer": {"j": 0, "k": 2}}
+    with pytest.warns(UserWarning, match="only 3 alive negative"):
+        short = ap.ap_prune_result(masks.init(W), W, W0, rate=0.9, ap_rate=0.8)
+    assert ap.prune_record(masks.init(W), short) == {"x_pruned": 1, "ap_budget": 5, "ap_pruned": 3,
+                                                     "ap_shortfall": 2, "ap_pruned_per_layer": {"k": 3}}
+
+
 def test_random_variant_takes_negatives_only_and_depends_on_key_alone():
     picks = set()
     for seed in range(20):
@@ -160,7 +176,7 @@ def test_prune_step_before_ap_start_cycle_is_magnitude_for_the_whole_rate():
     assert any(np.any(a != b) for a, b in zip(jax.tree_util.tree_leaves(magnitude),
                                               jax.tree_util.tree_leaves(with_ap)))
     for c, expected in [(0, magnitude), (1, magnitude), (2, with_ap), (3, with_ap)]:
-        got = cycle.prune_step(cfg, mask, params, ref, c)
+        got = cycle.prune_step(cfg, mask, params, ref, c).mask
         for a, b in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(expected)):
             np.testing.assert_array_equal(a, b)
 
@@ -172,7 +188,7 @@ def test_prune_step_random_variant_is_deterministic_per_seed_and_cycle():
 
     def pruned(cfg, c):
         return np.concatenate([np.asarray(x).ravel() for _, x in masks.prunable_leaves(
-            cycle.prune_step(cfg, mask, params, ref, c))])
+            cycle.prune_step(cfg, mask, params, ref, c).mask)])
 
     np.testing.assert_array_equal(pruned(cfg, 1), pruned(cfg, 1))
     assert np.any(pruned(cfg, 1) != pruned(cfg, 2))

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from ap_jax import config, cycle, masks, methods, models, records
+from ap_jax import checkpoint, config, cycle, data, masks, methods, models, records, stats
 from experiments import compare_ap
 
 TINY = ["--model", "mlp", "--cycles", "2", "--epochs", "1", "--batch-size", "40",
@@ -32,7 +32,7 @@ def test_two_cycle_run_writes_rows_report_and_plot(finished_run):
     for arm in ("lth", "lth_AP"):
         run_dir = finished_run / arm / "seed_3"
         rows = records.read_rows(run_dir / "metrics.jsonl")
-        assert [r["kind"] for r in rows] == ["epoch", "cycle"] * 3
+        assert [r["kind"] for r in rows] == ["epoch", "cycle"] + ["prune", "epoch", "cycle"] * 2
         cycles = records.cycle_rows(rows)
         for c, row in enumerate(cycles):
             assert row["cycle"] == c
@@ -47,6 +47,33 @@ def test_two_cycle_run_writes_rows_report_and_plot(finished_run):
     assert arms["lth"][0]["test_accuracy"] == arms["lth_AP"][0]["test_accuracy"]
     assert arms["lth"][0]["dnr"] == arms["lth_AP"][0]["dnr"]
     assert arms["lth"][2]["layer_remaining"] != arms["lth_AP"][2]["layer_remaining"]
+
+
+def test_prune_rows_count_what_x_and_ap_took(fake_data, finished_run):
+    """Each prune row against numpy: counts from the saved masks, AP's budget round(q N), and the
+    DNR of the trained network with the new mask, recomputed on the first --dnr-size examples."""
+    x_train, _ = data.load_split("cifar10", "train", fake_data)
+    spec = data.spec("cifar10")
+    images = data.normalize(x_train[:60], spec.mean, spec.std)
+    model = models.get("mlp")
+    for arm, q in (("lth", 0.0), ("lth_AP", 0.02)):
+        run_dir = finished_run / arm / "seed_3"
+        prunes = [r for r in records.read_rows(run_dir / "metrics.jsonl") if r["kind"] == "prune"]
+        assert [r["cycle"] for r in prunes] == [1, 2]
+        for row in prunes:
+            before, after = (checkpoint.read_cycle(run_dir, row["cycle"] + d) for d in (-1, 0))
+            alive = {name: int(np.sum(m)) for name, m in masks.prunable_leaves(before["mask"])}
+            left = {name: int(np.sum(m)) for name, m in masks.prunable_leaves(after["mask"])}
+            n = sum(alive.values())
+            assert row["ap_budget"] == round(q * n) and row["ap_shortfall"] == 0
+            assert row["x_pruned"] == round((0.2 - q) * n) and row["ap_pruned"] == row["ap_budget"]
+            assert row["x_pruned"] + row["ap_pruned"] == n - sum(left.values())
+            assert sum(row["ap_pruned_per_layer"].values()) == row["ap_pruned"]
+            assert set(row["ap_pruned_per_layer"]) == set(alive)
+            trained = before["end"]
+            variables = {"params": masks.apply(trained["params"], after["mask"])}
+            counts = stats.relu_counts(model, variables, images, train=False)
+            assert row["dnr"] == pytest.approx(stats.dead_neuron_rate(counts)["overall"], abs=1e-12)
 
 
 def test_rerun_reuses_finished_arms(fake_data, finished_run):

@@ -207,7 +207,8 @@ def test_disk_full_at_a_checkpoint_then_at_a_row(fake_data, tmp_path, capsys, mo
     assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 0
     (root,) = tmp_path.iterdir()
     rows = records.read_rows(root / "lth" / "seed_3" / "metrics.jsonl")
-    assert [(r["kind"], r["cycle"]) for r in rows] == [("epoch", 0), ("cycle", 0), ("epoch", 1), ("cycle", 1)]
+    assert [(r["kind"], r["cycle"]) for r in rows] == [("epoch", 0), ("cycle", 0), ("prune", 1), ("epoch", 1),
+                                                          ("cycle", 1)]
 
 
 def test_a_file_failure_other_than_a_full_disk_is_not_called_a_write(fake_data, tmp_path, capsys,

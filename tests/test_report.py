@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from ap_jax import records, report
+from ap_jax import records
 from ap_jax.config import RunConfig
+from experiments import report
 from experiments.reproduce import Job
 
 T_975_DF1 = 12.7062047  # Student t quantiles from a printed table (two-sided 95 %)
@@ -43,6 +44,22 @@ def test_estimate_matches_t_table():
 ])
 def test_verdict(values, expect, want):
     assert report.verdict(report.estimate(values), expect) == want
+
+
+T_95_DF2 = 2.9199856  # one-sided 95 % Student t quantile, 2 degrees of freedom, from a printed table
+
+
+@pytest.mark.parametrize("values, margin, want", [
+    ([0.001, 0.002, 0.003], 0.01, True),     # 90 % interval 0.002 ± 0.00169: inside ±0.01
+    ([-0.010, 0.0, 0.010], 0.01, False),     # mean 0 but 0.0 ± 0.0169 reaches past the margin
+    ([0.012, 0.013, 0.014], 0.01, False),    # tightly outside: a difference, not parity
+    ([0.005], 0.01, False),                  # one value shows nothing
+])
+def test_equivalence_is_two_one_sided_t_tests(values, margin, want):
+    """TOST by hand: both one-sided t statistics beyond the one-sided 95 % quantile."""
+    mean, se = np.mean(values), (np.std(values, ddof=1) / math.sqrt(len(values)) if len(values) > 1 else math.inf)
+    by_hand = len(values) == 3 and (mean + margin) / se > T_95_DF2 and (margin - mean) / se > T_95_DF2
+    assert by_hand == want and report.equivalent(values, margin) == want
 
 
 def test_band_is_the_estimate_of_every_column():
@@ -97,15 +114,15 @@ def test_claims_of_a_synthetic_study(study):
     assert sorted(parts["mlp"]["lth"].cycle_rows) == [0, 1]
     # Claim 1: DNR(last) - DNR(dense) is -0.10 for both seeds: zero spread, wholly below 0.
     falls = report.claim_dnr_falls(parts)
-    assert "-10.00 ± 0.00 (n=2)" in falls.measurement and falls.verdict == report.HOLDS
+    assert "-10.00 ± 0.00 (n=2; seeds -10.00, -10.00)" in falls.measurement and falls.verdict == report.HOLDS
     # Claim 2: mean over cycles 1-2 of the paired DNR gap: seed 0 -0.03, seed 1 -0.02.
     lowers = report.claim_ap_lowers_dnr(parts)
     hw = T_975_DF1 * np.std([-0.03, -0.02], ddof=1) / math.sqrt(2)
-    assert f"-2.50 ± {100 * hw:.2f} (n=2)" in lowers.measurement and lowers.verdict == report.UNSURE
+    assert f"-2.50 ± {100 * hw:.2f} (n=2; seeds -3.00, -2.00)" in lowers.measurement and lowers.verdict == report.UNSURE
     # Claim 3: gap at cycle 2 (+0.03, +0.02); slopes of [0, .01, .03] and [0, 0, .02]: .015 and .01.
     acc = report.claim_ap_accuracy(parts)
     slope_hw = T_975_DF1 * np.std([0.015, 0.01], ddof=1) / math.sqrt(2)
-    assert "+2.50 ± " in acc.measurement and f"+1.250 ± {100 * slope_hw:.3f} (n=2)" in acc.measurement
+    assert "+2.50 ± " in acc.measurement and f"+1.250 ± {100 * slope_hw:.3f} (n=2; seeds +1.500, +1.000)" in acc.measurement
     assert report.claim_parity(parts).verdict == report.UNSURE
 
 
@@ -156,3 +173,18 @@ def test_partial_study_says_so(study):
     text = report.write(out, out / "REPRODUCTION.md", jobs).read_text()
     assert "**Status: 3 of 4 runs complete**; the verdicts below use the complete runs only" in text
     assert "seed 1: 0 of 3 cycles" in text
+
+
+def test_dnr_effect_right_after_the_prune_and_after_retraining():
+    """Two seeds, two pruned cycles: the prune rows' DNR gaps and the cycle rows' gaps, by hand."""
+    def arm(cycle_dnr, prune_dnr):
+        cycles = {s: [{"cycle": c, "dnr": d} for c, d in enumerate(v)] for s, v in cycle_dnr.items()}
+        prunes = {s: [{"cycle": c + 1, "dnr": d} for c, d in enumerate(v)] for s, v in prune_dnr.items()}
+        return report.Arm(cycles, {}, 0.0, [], [], prunes)
+
+    x = arm({0: [0.5, 0.4, 0.3], 1: [0.5, 0.45, 0.35]}, {0: [0.42, 0.33], 1: [0.47, 0.38]})
+    ap = arm({0: [0.5, 0.39, 0.28], 1: [0.5, 0.44, 0.34]}, {0: [0.40, 0.29], 1: [0.44, 0.35]})
+    immediate, retrained = report.dnr_effect(x, ap)
+    np.testing.assert_allclose(immediate, [[-0.02, -0.04], [-0.03, -0.03]], atol=1e-12)
+    np.testing.assert_allclose(retrained, [[-0.01, -0.02], [-0.01, -0.01]], atol=1e-12)
+    assert report.dnr_effect(x, report.Arm(ap.cycle_rows, {}, 0.0, [], [])) is None  # no prune rows

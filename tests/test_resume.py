@@ -127,7 +127,7 @@ def test_same_seed_twice_gives_identical_rows(fake_data, tmp_path):
     first, second = (cycle.run(cfg, dataset, tmp_path / name) for name in ("a", "b"))
     assert [{k: v for k, v in r.items() if k != "wall_s"} for r in first] == \
            [{k: v for k, v in r.items() if k != "wall_s"} for r in second]
-    assert len(first) == 4 and first[0]["wall_s"] != second[0]["wall_s"]
+    assert len(first) == 5 and first[0]["wall_s"] != second[0]["wall_s"]  # 2 epochs, 2 cycles, 1 prune
 
 
 def test_checkpoints_are_bounded_and_cycles_kept(reference):

@@ -118,8 +118,9 @@ def test_tiny_table5_runs_and_resumes_bitwise(fake, tmp_path):
     (ref,) = (tmp_path / "ref").iterdir()
     check_table_matches_runs(ref, "lth_rewind", [0.8])
     rows = rows_of(ref, "X")
-    assert [r["kind"] for r in rows] == ["epoch", "epoch", "cycle"] * 2 and rows[-1]["step"] == 10
-    assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["dnr"] <= 1 for r in rows)
+    kinds = ["epoch", "epoch", "cycle", "prune", "epoch", "epoch", "cycle"]
+    assert [r["kind"] for r in rows] == kinds and rows[-1]["step"] == 10
+    assert all(0 <= r["test_accuracy"] <= 1 and 0 <= r["dnr"] <= 1 for r in rows if r["kind"] != "prune")
 
     out = tmp_path / "resumed"
     root = out / ref.name
@@ -128,7 +129,7 @@ def test_tiny_table5_runs_and_resumes_bitwise(fake, tmp_path):
         for arm in ARMS:  # what is on disk is a prefix of the uninterrupted run's rows
             done = rows_of(root, arm) if (root / "lth_rewind" / arm).exists() else []
             assert done == rows_of(ref, arm)[: len(done)], where
-    assert len(rows_of(root, "X")) == 4  # cycle 0's rows and cycle 1's first epoch survived
+    assert len(rows_of(root, "X")) == 5  # cycle 0's rows, the prune and cycle 1's first epoch survived
     assert run_table(fake, out) == 0
     for arm in ARMS:
         assert rows_of(root, arm) == rows_of(ref, arm), arm

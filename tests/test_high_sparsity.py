@@ -1,0 +1,57 @@
+"""The high-sparsity study end to end at a tiny scale: paired arms sharing their dense cycle, and
+the report's pre-registered contrasts recomputed here from the rows with numpy."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ap_jax import records
+from experiments import high_sparsity, high_sparsity_report
+
+TINY = ["--seeds", "0", "1", "--set", "model=mlp", "cycles=2", "epochs=1", "dense_epochs=2", "rate=0.7",
+        "batch_size=40", "dnr_size=60", "eval_batch_size=64", "augment=false"]
+
+
+@pytest.fixture(scope="module")
+def study(fake_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    argv = [*TINY, "--data-dir", str(fake_data), "--out", str(out / "runs"), "--report-path", str(out / "HS.md")]
+    assert high_sparsity.main(argv) == 0
+    return out
+
+
+def cycle_values(run_dir, key):
+    return np.array([r[key] for r in records.cycle_rows(records.read_rows(run_dir / "metrics.jsonl"))])
+
+
+def test_paired_arm_takes_the_dense_cycle_of_its_seed(study):
+    for seed in (0, 1):
+        x = study / "runs" / "runs" / "resnet20_full" / "lrr" / f"seed_{seed}"
+        ap = x.parent.parent / "lrr_AP" / f"seed_{seed}"
+        assert json.loads((ap / "provenance.json").read_text())["dense_cycle_from"] == str(x)
+        assert cycle_values(x, "test_accuracy")[0] == cycle_values(ap, "test_accuracy")[0]
+        assert [r["epoch"] for r in records.read_rows(x / "metrics.jsonl") if r["kind"] == "epoch"] == [0, 1, 0, 0]
+
+
+def test_report_states_the_plan_and_the_primary_contrast_from_the_rows(study):
+    text = (study / "HS.md").read_text()
+    assert text.index("## Analysis plan (fixed before the results)") < text.index("## Results")
+    root = study / "runs" / "runs" / "resnet20_full"
+    # remaining 0.3 then 0.09: only cycle 2 is at or below 10 %
+    gaps = [100 * (cycle_values(root / "lrr_AP" / f"seed_{s}", "test_accuracy")[2]
+                   - cycle_values(root / "lrr" / f"seed_{s}", "test_accuracy")[2]) for s in (0, 1)]
+    assert f"{np.mean(gaps):+.2f} ± " in text and f"seeds {gaps[0]:+.2f}, {gaps[1]:+.2f})" in text
+    assert "| 2 | 9.00 |" in text  # the mechanism table's row for the prune that made cycle 2
+    assert (study / "runs" / "figures" / "resnet20_full_dnr_effect.png").stat().st_size > 10_000
+    assert "Status: 4 of 10 runs complete" in text
+
+
+@pytest.mark.parametrize("values, want", [
+    ([0.02, 0.03, 0.025, 0.02, 0.03], "AP helps"),             # wholly above 0
+    ([-0.02, -0.03, -0.025, -0.02, -0.03], "AP hurts"),        # wholly below
+    ([0.001, -0.001, 0.002, 0.0, -0.002], "no difference"),    # 90 % interval well inside ±1 point
+    ([0.03, -0.04, 0.05, -0.02, 0.0], "inconclusive"),         # straddles 0, reaches past the margin
+])
+def test_the_plan_s_four_verdicts(values, want):
+    assert high_sparsity_report.decide(values, ">0", "AP helps", "AP hurts").startswith(want)
