@@ -10,7 +10,8 @@ constant LR). So cycle c trains and reports the network at ``(1 - rate)^c`` rema
 One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycles`` remaining.
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
-cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
+cycle (``kind="cycle"``), each with the remaining share, test accuracy (null on the epochs
+``--eval-every`` skips; a cycle's last epoch always has it), DNR overall and per ReLU
 site (over units, and its per-channel variant over whole feature maps), and wall seconds. The
 DNR is measured after every epoch with BatchNorm in eval mode on the first ``dnr_size`` training
 examples as stored (a fixed, class-mixed, unaugmented subset), so the
@@ -114,16 +115,22 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
                        variant=cfg.ap_variant, key=key, mask_bn_scale=cfg.mask_bn_scale)
 
 
-def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig) -> dict[str, Any]:
-    """Test accuracy (every test example) and DNR on the fixed training subset."""
+def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig,
+             test: bool = True) -> dict[str, Any]:
+    """Test accuracy (every test example; None when not ``test``) and DNR on the fixed training subset."""
     dnr = train.dead_neuron_rate(steps, state, feed.dnr_inputs, cfg.eval_batch_size)
     return {
-        "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size),
+        "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size) if test else None,
         "dnr": dnr["overall"],
         "dnr_per_layer": dnr["per_layer"],
         "dnr_channel": dnr["overall_channel"],
         "dnr_channel_per_layer": dnr["per_layer_channel"],
     }
+
+
+def tests_after(cfg: RunConfig, epoch: int) -> bool:
+    """Whether test accuracy is measured after ``epoch`` (0-based): every ``eval_every``-th and the last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.epochs - 1
 
 
 def is_complete(rows: list[dict[str, Any]], cfg: RunConfig) -> bool:
@@ -315,7 +322,7 @@ class _Run:
                 "the last good checkpoint is kept: lower --lr, or pass --skip-nonfinite to skip such batches")
         return state, {"kind": "epoch", "cycle": cycle, "epoch": epoch, "step": int(state.step),
                        "remaining": remaining, **fit, "skipped_steps": len(bad),
-                       **evaluate(self.steps, state, self.feed, self.cfg),
+                       **evaluate(self.steps, state, self.feed, self.cfg, tests_after(self.cfg, epoch)),
                        "wall_s": time.perf_counter() - self.started}
 
     def rewind_hook(self, cycle: int, epoch: int):
