@@ -22,8 +22,8 @@ machine slows them alike):
   three-key sort it replaced (kept here as ``sorted_prune``), with a check that both masks agree
   (``--prune-only`` runs just this).
 
-``--write`` also writes the report, with the machine and command, to ``benchmarks/RESULTS.md`` and
-into README.md's performance section (between this script's markers).
+``--write`` also writes the report, with the machine and command, into ``benchmarks/RESULTS.md`` and
+README.md's performance section, between this script's markers for the backend (cpu, gpu).
 Run from the repository root: ``python -m benchmarks.train_step [--write]``.
 """
 
@@ -403,6 +403,14 @@ def machine() -> str:
     return f"{cpu_model()}; {versions}"
 
 
+def write_results(text: str, backend: str) -> None:
+    """Put ``text`` into RESULTS.md between ``backend``'s markers: one block per backend (cpu, gpu)."""
+    if "<!-- benchmarks/train_step.py" not in (RESULTS.read_text() if RESULTS.exists() else ""):
+        RESULTS.write_text("# Train-step benchmarks\n\n## Performance\n\nWritten by "
+                           "`python -m benchmarks.train_step --write`, one block per backend.\n")
+    write_readme(text, backend, path=RESULTS, marker=README_MARKER)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=positive_int, default=128)
@@ -426,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     text = f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{body}\n"
     print(text)
     if args.write:
-        RESULTS.write_text("## Performance (written by `benchmarks/train_step.py --write`)\n\n" + text)
+        write_results(text.strip(), jax.default_backend())
         write_readme(text.strip(), jax.default_backend(), marker=README_MARKER)
 
 

@@ -18,6 +18,13 @@ from ap_jax import batchnorm, conv, data, masks, models, prune, scores, stats, t
 EPS = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def full_float32_precision():
+    """True float32 on every backend: on GPUs the default precision rounds convolutions to TF32."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def _close(got, ref, rtol=1e-4):
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     np.testing.assert_allclose(got, ref, rtol=rtol, atol=rtol * max(np.abs(ref).max(), 1e-30))
