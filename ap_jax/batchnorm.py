@@ -75,7 +75,7 @@ def _channel_sums(a: jax.Array, b: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def moments(x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per-channel mean and biased variance of ``x`` over every axis but the last, in one pass."""
+    """Per-channel mean and biased variance of ``x`` over every axis but the last (shifted data: no centred copy)."""
     shift = lax.stop_gradient(x[(0,) * (x.ndim - 1)])
     d = x - shift
     s1, s2 = _channel_sums(d, d * d)
