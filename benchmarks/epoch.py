@@ -32,7 +32,8 @@ def synthetic(count: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, count).astype(np.int32)
 
 
-def jax_epoch(train_images: int, test_images: int, dnr_images: int, batch: int, eval_batch: int) -> Callable[[], object]:
+def jax_epoch(train_images: int, test_images: int, dnr_images: int, batch: int,
+              eval_batch: int) -> Callable[[], object]:
     """One ap_jax epoch (train, test accuracy, DNR), compiled; each call trains on."""
     model = models.get("resnet20")
     variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False)
@@ -64,7 +65,8 @@ def jax_epoch(train_images: int, test_images: int, dnr_images: int, batch: int, 
     return run
 
 
-def torch_epoch(train_images: int, test_images: int, dnr_images: int, batch: int, eval_batch: int) -> Callable[[], object] | None:
+def torch_epoch(train_images: int, test_images: int, dnr_images: int, batch: int,
+                eval_batch: int) -> Callable[[], object] | None:
     """The same epoch as a PyTorch loop, or None without torch."""
     try:
         import torch
