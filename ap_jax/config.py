@@ -68,6 +68,8 @@ class RunConfig:
     augment: bool = _field(True, "random crop (pad 4) + horizontal flip on training batches")
     dnr_size: int = _field(2000, "fixed unaugmented training examples the DNR is measured on")
     eval_batch_size: int = _field(1000, "batch size for test accuracy and DNR counts")
+    eval_every: int = _field(1, "test accuracy after every N-th epoch of a cycle and always after its last "
+                             "(other epoch rows hold null); the DNR is measured after every epoch", added=True)
     seed: int = _field(0, "seed for init, data order, subset and augmentation")
     # The official AP code's quirks, one switch each (ap_jax.official; official.preset sets all).
     init: str = _field("model", "initial weights: the model's own initializers, or the official code's "
@@ -132,6 +134,7 @@ def check(cfg: RunConfig) -> None:
         (cfg.dense_epochs >= 0, f"--dense-epochs must be 0 (--epochs) or positive, got {cfg.dense_epochs}"),
         (cfg.batch_size >= 1, f"--batch-size must be at least 1, got {cfg.batch_size}"),
         (cfg.eval_batch_size >= 1, f"--eval-batch-size must be at least 1, got {cfg.eval_batch_size}"),
+        (cfg.eval_every >= 1, f"--eval-every must be at least 1, got {cfg.eval_every}"),
         (cfg.train_size >= 0, f"--train-size must be 0 (all) or positive, got {cfg.train_size}"),
         (cfg.image_size >= 0, f"--image-size must be 0 (the dataset's) or positive, got {cfg.image_size}"),
         (cfg.image_size == 0 or cfg.dataset in STREAMED,

@@ -10,11 +10,12 @@ constant LR). So cycle c trains and reports the network at ``(1 - rate)^c`` rema
 One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycles`` remaining.
 
 Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
-cycle (``kind="cycle"``), each with the remaining share, test accuracy, DNR overall and per ReLU
-site (over units, and its per-channel variant over whole feature maps), and wall seconds; and one
-per prune (``kind="prune"``, numbered by the cycle it gives its mask): how many weights X took,
-AP's budget, how many AP took (a shortfall when too few candidates were alive) and per layer, and
-the DNR of the trained network right after the prune, before retraining. The
+cycle (``kind="cycle"``), each with the remaining share, test accuracy (null on the epochs
+``--eval-every`` skips; a cycle's last epoch always has it), DNR overall and per ReLU site (over
+units, and its per-channel variant over whole feature maps), and wall seconds; and one per prune
+(``kind="prune"``, numbered by the cycle it gives its mask): how many weights X took, AP's
+budget, how many AP took (a shortfall when too few candidates were alive) and per layer, and the
+DNR of the trained network right after the prune, before retraining. The
 DNR is measured after every epoch with BatchNorm in eval mode on the first ``dnr_size`` training
 examples as stored (a fixed, class-mixed, unaugmented subset), so the
 curve over epochs and cycles is measured on the same inputs throughout.
@@ -117,16 +118,23 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
     return official.prune_function(cfg)(mask, trained, cycle_start, rate, ap_rate, key)
 
 
-def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig) -> dict[str, Any]:
-    """Test accuracy (every test example) and DNR on the fixed training subset."""
+def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig,
+             test: bool = True) -> dict[str, Any]:
+    """Test accuracy (every test example; None when not ``test``) and DNR on the fixed training subset."""
     dnr = train.dead_neuron_rate(steps, state, feed.dnr_inputs, cfg.eval_batch_size)
     return {
-        "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size),
+        "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size) if test else None,
         "dnr": dnr["overall"],
         "dnr_per_layer": dnr["per_layer"],
         "dnr_channel": dnr["overall_channel"],
         "dnr_channel_per_layer": dnr["per_layer_channel"],
     }
+
+
+def tests_after(cfg: RunConfig, cycle: int, epoch: int) -> bool:
+    """Whether test accuracy is measured after ``epoch`` (0-based) of ``cycle``: every
+    ``eval_every``-th epoch and the cycle's last."""
+    return (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.cycle_epochs(cycle) - 1
 
 
 def is_complete(rows: list[dict[str, Any]], cfg: RunConfig) -> bool:
@@ -379,7 +387,7 @@ class _Run:
                 "the last good checkpoint is kept: lower --lr, or pass --skip-nonfinite to skip such batches")
         return state, {"kind": "epoch", "cycle": cycle, "epoch": epoch, "step": int(state.step),
                        "remaining": remaining, **fit, "skipped_steps": len(bad),
-                       **evaluate(self.steps, state, self.feed, self.cfg),
+                       **evaluate(self.steps, state, self.feed, self.cfg, tests_after(self.cfg, cycle, epoch)),
                        "wall_s": time.perf_counter() - self.started}
 
     def rewind_hook(self, cycle: int, epoch: int):

@@ -51,11 +51,17 @@ def _zero() -> int:
 
 
 class ReLU(nn.Module):
-    """``max(x, 0)`` that sows per-channel zero counts into the ``relu_stats`` collection."""
+    """``max(x, 0)`` that sows per-channel zero counts into the ``relu_stats`` collection.
+
+    ``applied=True``: the layer before already applied the ReLU (``ap_jax.batchnorm`` fuses it
+    into BatchNorm), so ``x`` passes through unchanged and is only counted.
+    """
+
+    applied: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        y = nn.relu(x)
+        y = x if self.applied else nn.relu(x)
         if self.is_mutable_collection(COLLECTION):
             for name, count in activation_counts(y).items():
                 self.sow(COLLECTION, name, count, init_fn=_zero, reduce_fn=_add)

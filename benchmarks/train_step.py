@@ -5,8 +5,9 @@ machine slows them alike):
 
 * images/s of the ResNet-20 (option B) train step at batch 128 as ``ap_jax.cycle`` trains
   with it (``ap_jax.train.make_steps``: masks and on-device augmentation; the driver measures
-  the DNR in separate passes, not in the train step), with the ``ap_jax.conv`` CPU path and
-  with plain ``lax`` convolutions (before/after); the same step counting ReLU zeros
+  the DNR in separate passes, not in the train step) with the ``ap_jax.conv`` CPU path and the
+  fused ``ap_jax.batchnorm`` (after), with Flax's BatchNorm numerics instead, and with plain
+  ``lax`` convolutions and Flax's BatchNorm (before); the same step counting ReLU zeros
   (``count_relu=True``, the statistics gathered during training); a plain Flax step without
   masks or counting (same data path); and, when ``torch`` is importable (the ``[bench]``
   extra), a PyTorch reference of the same network, batch and optimizer (SGD, momentum 0.9,
@@ -15,12 +16,14 @@ machine slows them alike):
   its share of a float32 GEMM ceiling timed in the same loop;
 * the overhead of masks, and of masks with in-step ReLU counting, over the plain step;
 * an epoch (``ap_jax.train.train_epoch``) against the sum of its blocked step times;
+* a whole 50k-image epoch with its evaluation (test accuracy and DNR passes) against a PyTorch
+  loop doing the same work (``benchmarks/epoch.py``; ``--no-epoch`` skips it);
 * a global prune (``ap_jax.prune.prune``, 20 %) of the 25.5M weights of ResNet-50, against the
   three-key sort it replaced (kept here as ``sorted_prune``), with a check that both masks agree
   (``--prune-only`` runs just this).
 
-``--write`` also writes the report, with the machine and command, to ``benchmarks/RESULTS.md`` and
-into README.md's performance section (between this script's markers).
+``--write`` also writes the report, with the machine and command, into ``benchmarks/RESULTS.md`` and
+README.md's performance section, between this script's markers for the backend (cpu, gpu).
 Run from the repository root: ``python -m benchmarks.train_step [--write]``.
 """
 
@@ -41,14 +44,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ap_jax import conv, data, masks, models, parallel, prune, train
+from ap_jax import batchnorm, conv, data, masks, models, parallel, prune, train
 from ap_jax.config import positive_int
+from benchmarks import epoch as whole_epoch
 from benchmarks.parallel import write_readme
 
 MEAN, STD = data.DATASETS["cifar10"].mean, data.DATASETS["cifar10"].std
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 README_MARKER = "<!-- benchmarks/train_step.py {backend} {edge} -->"
-DRIVER = "driver, ap_jax.conv (after)"  # the step ap_jax.cycle trains with: masks, no counting
+DRIVER = "driver (after)"  # the step ap_jax.cycle trains with: masks, no counting, ap_jax.conv + fused BN
+FLAX_BN = "driver, Flax BatchNorm"
+BEFORE = "driver, lax conv, Flax BN"
 COUNTING = "driver + ReLU counting"
 
 
@@ -120,11 +126,12 @@ def _state(variables, tx, mesh) -> train.TrainState:
     return parallel.replicate(state, mesh)
 
 
-def driver_step(model, variables, tx, images, labels, batch: int, impl: str, count_relu: bool) -> Callable[[], object]:
-    """The driver's train step, compiled with convolution implementation ``impl``.
+def driver_step(model, variables, tx, images, labels, batch: int, impl: str, count_relu: bool,
+                bn: str = "fused") -> Callable[[], object]:
+    """The driver's train step, compiled with convolution implementation ``impl`` and BatchNorm ``bn``.
 
-    Every call runs under ``conv.use(impl)``: the choice is read when the step is traced, so a
-    retrace (new input placement) outside the block would silently switch implementation.
+    Every call runs under ``conv.use(impl)`` and ``batchnorm.use(bn)``: the choice is read when the
+    step is traced, so a retrace (new input placement) outside the block would silently switch.
     """
     steps = train.make_steps(model, tx, MEAN, STD, count_relu=count_relu)
     mesh = parallel.resolve(steps.mesh)
@@ -134,7 +141,7 @@ def driver_step(model, variables, tx, images, labels, batch: int, impl: str, cou
     def run():
         i = holder["i"] = (holder["i"] + 1) % order.shape[0]
         index = parallel.shard_batch(order[i], mesh)
-        with conv.use(impl):
+        with conv.use(impl), batchnorm.use(bn):
             holder["state"], metrics = steps.train(holder["state"], images, labels, index, jax.random.PRNGKey(i))
         return jax.block_until_ready(metrics)
 
@@ -174,34 +181,64 @@ def plain_step(model, variables, tx, images, labels, batch: int) -> Callable[[],
     return run
 
 
-def torch_step(batch: int) -> Callable[[], object] | None:
-    """PyTorch ResNet-20 (option B) train step on a fixed batch, or None without torch."""
-    try:
-        import torch
-        from torch import nn
-        from torch.nn import functional as F
-    except ImportError:
-        return None
+def torch_resnet20():
+    """PyTorch ResNet-20 (option B); with ``net.counts`` a list, every ReLU appends its per-channel
+    (zero outputs, all-zero maps), the DNR counts. Needs torch."""
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.counts = None
 
     class Block(nn.Module):
-        def __init__(self, cin: int, cout: int, stride: int):
+        def __init__(self, cin: int, cout: int, stride: int, owner: Counting):
             super().__init__()
             self.c1, self.b1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)
             self.c2, self.b2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout)
             self.short = nn.Sequential()
             if stride != 1 or cin != cout:
                 self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.owner = [owner]  # a list: not a registered submodule
 
         def forward(self, x):
-            y = F.relu(self.b1(self.c1(x)))
-            return F.relu(self.b2(self.c2(y)) + self.short(x))
+            y = relu(F.relu(self.b1(self.c1(x))), self.owner[0])
+            return relu(F.relu(self.b2(self.c2(y)) + self.short(x)), self.owner[0])
 
-    layers, cin = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()], 16
-    for stage, cout in enumerate((16, 32, 64)):
-        for block in range(3):
-            layers.append(Block(cin, cout, 2 if stage and not block else 1))
-            cin = cout
-    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10))
+    def relu(y, owner: Counting):
+        if owner.counts is not None:
+            zero = y == 0
+            owner.counts.append((zero.sum((0, 2, 3)), zero.all(3).all(2).sum(0)))
+        return y
+
+    class Net(Counting):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
+            blocks, cin = [], 16
+            for stage, cout in enumerate((16, 32, 64)):
+                for block in range(3):
+                    blocks.append(Block(cin, cout, 2 if stage and not block else 1, self))
+                    cin = cout
+            self.blocks = nn.Sequential(*blocks)
+            self.head = nn.Linear(64, 10)
+
+        def forward(self, x):
+            x = self.blocks(relu(F.relu(self.stem(x)), self))
+            return self.head(x.mean((2, 3)))
+
+    return Net()
+
+
+def torch_step(batch: int) -> Callable[[], object] | None:
+    """PyTorch ResNet-20 (option B) train step on a fixed batch, or None without torch."""
+    try:
+        import torch
+        from torch.nn import functional as F
+    except ImportError:
+        return None
+    net = torch_resnet20()
     opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     x, y = torch.randn(batch, 3, 32, 32, generator=generator), torch.randint(0, 10, (batch,), generator=generator)
@@ -315,7 +352,8 @@ def report(args: argparse.Namespace) -> str:
     gemm, gemm_flops = gemm_step()
     candidates = {
         DRIVER: driver_step(model, variables, tx, images, labels, batch, "auto", False),
-        "driver, lax conv (before)": driver_step(model, variables, tx, images, labels, batch, "lax", False),
+        FLAX_BN: driver_step(model, variables, tx, images, labels, batch, "auto", False, bn="flax"),
+        BEFORE: driver_step(model, variables, tx, images, labels, batch, "lax", False, bn="flax"),
         COUNTING: driver_step(model, variables, tx, images, labels, batch, "auto", True),
         "plain Flax, no masks": plain_step(model, variables, tx, images, labels, batch),
     }
@@ -339,14 +377,16 @@ def report(args: argparse.Namespace) -> str:
     driver, counting = med[DRIVER], med[COUNTING]
     lines += [
         "",
-        f"- ap_jax.conv speed-up over lax convolutions (driver step): "
-        f"{med['driver, lax conv (before)'] / driver:.2f}x",
+        f"- driver step speed-up: fused BatchNorm over Flax's {med[FLAX_BN] / driver:.2f}x; "
+        f"with ap_jax.conv over lax convolutions and Flax's BatchNorm {med[BEFORE] / driver:.2f}x",
         f"- masks over the plain step: {driver / plain - 1:+.1%}; masks + in-step ReLU counting: "
         f"{counting / plain - 1:+.1%}; target <= +3 %",
     ]
     epoch, total, ratio = epoch_vs_steps(model, variables, tx, images, labels, batch, args.epoch_rounds)
     lines.append(f"- epoch of {args.steps_per_epoch} steps: {epoch:.2f} s vs sum of blocked steps {total:.2f} s: "
                  f"{ratio:.3f}x (target <= 1.02x)")
+    if not args.no_epoch:
+        lines += whole_epoch.epoch_lines(args)
     if not args.no_prune:
         lines += prune_lines(args.prune_repeats)
     return "\n".join(lines)
@@ -363,6 +403,14 @@ def machine() -> str:
     return f"{cpu_model()}; {versions}"
 
 
+def write_results(text: str, backend: str) -> None:
+    """Put ``text`` into RESULTS.md between ``backend``'s markers: one block per backend (cpu, gpu)."""
+    if "<!-- benchmarks/train_step.py" not in (RESULTS.read_text() if RESULTS.exists() else ""):
+        RESULTS.write_text("# Train-step benchmarks\n\n## Performance\n\nWritten by "
+                           "`python -m benchmarks.train_step --write`, one block per backend.\n")
+    write_readme(text, backend, path=RESULTS, marker=README_MARKER)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=positive_int, default=128)
@@ -370,6 +418,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps-per-epoch", type=positive_int, default=20)
     parser.add_argument("--epoch-rounds", type=positive_int, default=3)
     parser.add_argument("--prune-repeats", type=positive_int, default=5)
+    parser.add_argument("--epoch-images", type=positive_int, default=50_000, help="training images of the whole epoch")
+    parser.add_argument("--test-images", type=positive_int, default=10_000, help="its test-accuracy pass")
+    parser.add_argument("--dnr-images", type=positive_int, default=2_000, help="its DNR pass")
+    parser.add_argument("--eval-batch", type=positive_int, default=1_000, help="batch of both eval passes")
+    parser.add_argument("--epoch-repeats", type=positive_int, default=3, help="alternating whole-epoch repeats")
+    parser.add_argument("--no-epoch", action="store_true", help="skip the whole epoch with evaluation")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--no-prune", action="store_true", help="skip the 25M-weight prune")
     parser.add_argument("--prune-only", action="store_true", help="only the 25M-weight prune")
@@ -380,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
     text = f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{body}\n"
     print(text)
     if args.write:
-        RESULTS.write_text("## Performance (written by `benchmarks/train_step.py --write`)\n\n" + text)
+        write_results(text.strip(), jax.default_backend())
         write_readme(text.strip(), jax.default_backend(), marker=README_MARKER)
 
 

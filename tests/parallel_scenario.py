@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ap_jax import data, masks, parallel, prune, scores, stats, train
+from ap_jax.batchnorm import BatchNorm
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 BATCH = 16
@@ -26,14 +27,15 @@ STEPS = 3
 
 
 class TinyCNN(nn.Module):
-    """conv-BN-ReLU, strided conv-BN-ReLU, global mean, dense: BatchNorm mixes the batch."""
+    """conv-BN-ReLU, strided conv-BN-ReLU, global mean, dense: BatchNorm mixes the batch (the
+    first with its ReLU fused in, the second followed by a separate ReLU)."""
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         for i, stride in enumerate((1, 2)):
             x = nn.Conv(8, (3, 3), strides=stride, name=f"conv{i}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"bn{i}")(x)
-            x = stats.ReLU(name=f"relu{i}")(x)
+            x = BatchNorm(use_running_average=not train, momentum=0.9, relu=i == 0, name=f"bn{i}")(x)
+            x = stats.ReLU(applied=i == 0, name=f"relu{i}")(x)
         return nn.Dense(10, name="head")(x.mean(axis=(1, 2)))
 
 

@@ -1,5 +1,6 @@
 """End to end: the compare_ap experiment on a tiny dataset written in the real tfds format."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -118,3 +119,18 @@ def test_base_method_reset_rules():
     assert methods.next_start(methods.get("lrr"), init, trained) == trained
     with pytest.raises(ValueError, match="known methods: finetune, lrr, lth, lth_rewind, oneshot"):
         methods.get("snip")
+
+
+def test_eval_every_skips_test_accuracy_but_never_a_cycles_last_epoch_or_the_dnr(fake_data, tmp_path):
+    base = config.RunConfig(model="mlp", cycles=1, epochs=3, batch_size=120, augment=False, dnr_size=60,
+                            eval_batch_size=64, seed=1)
+    every = cycle.run(base, data.load("cifar10", fake_data), tmp_path / "every")
+    sparse_cfg = dataclasses.replace(base, eval_every=2)
+    sparse = cycle.run(sparse_cfg, data.load("cifar10", fake_data), tmp_path / "sparse")
+    assert base.hash8() == dataclasses.replace(base, eval_every=1).hash8() != sparse_cfg.hash8()
+    assert [r["kind"] for r in sparse] == (["epoch"] * 3 + ["cycle"]) * 2  # the dense cycle and one pruned
+    assert [r["test_accuracy"] is None for r in sparse] == [True, False, False, False] * 2  # epochs 0, 1, 2 (last)
+    for a, b in zip(every, sparse):  # the same training: every other number agrees
+        assert a["dnr"] == b["dnr"] and a["train_loss"] == b["train_loss"]
+        if b["test_accuracy"] is not None:
+            assert a["test_accuracy"] == b["test_accuracy"]

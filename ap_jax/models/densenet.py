@@ -37,8 +37,8 @@ class DenseLayer(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        y = batch_norm(train, "bn")(x)
-        y = ReLU(name="relu")(y)
+        y = batch_norm(train, "bn", relu=True)(x)
+        y = ReLU(applied=True, name="relu")(y)
         y = conv(self.growth_rate, 3, "conv")(y)
         return jnp.concatenate([x, y], axis=-1)
 
@@ -48,8 +48,8 @@ class Transition(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        x = batch_norm(train, "bn")(x)
-        x = ReLU(name="relu")(x)
+        x = batch_norm(train, "bn", relu=True)(x)
+        x = ReLU(applied=True, name="relu")(x)
         x = conv(x.shape[-1], 1, "conv")(x)
         return nn.avg_pool(x, (2, 2), strides=(2, 2))
 
@@ -74,7 +74,7 @@ class DenseNet(nn.Module):
                 x = DenseLayer(self.growth_rate, name=f"block{block}_layer{layer}")(x, train)
             if block < NUM_BLOCKS:
                 x = Transition(name=f"transition{block}")(x, train)
-        x = batch_norm(train, "final_bn")(x)
-        x = ReLU(name="final_relu")(x)
+        x = batch_norm(train, "final_bn", relu=True)(x)
+        x = ReLU(applied=True, name="final_relu")(x)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x)

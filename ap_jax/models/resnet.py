@@ -33,17 +33,16 @@ class Bottleneck(nn.Module):
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         features = self.width * EXPANSION
         y = conv(self.width, 1, "conv1")(x)
-        y = batch_norm(train, "bn1")(y)
-        y = ReLU(name="relu1")(y)
+        y = batch_norm(train, "bn1", relu=True)(y)
+        y = ReLU(applied=True, name="relu1")(y)
         y = conv(self.width, 3, "conv2", strides=self.strides)(y)
-        y = batch_norm(train, "bn2")(y)
-        y = ReLU(name="relu2")(y)
+        y = batch_norm(train, "bn2", relu=True)(y)
+        y = ReLU(applied=True, name="relu2")(y)
         y = conv(features, 1, "conv3")(y)
-        y = batch_norm(train, "bn3")(y)
         if self.strides != 1 or x.shape[-1] != features:
             x = conv(features, 1, "shortcut_conv", strides=self.strides)(x)
             x = batch_norm(train, "shortcut_bn")(x)
-        return ReLU(name="relu3")(y + x)
+        return ReLU(applied=True, name="relu3")(batch_norm(train, "bn3", relu=True)(y, residual=x))
 
 
 class ResNet(nn.Module):

@@ -11,7 +11,9 @@ Conventions, chosen to match the official AP PyTorch code:
   (PyTorch's ``kaiming_normal_(mode="fan_out", nonlinearity="relu")``); the Dense head keeps
   Flax's default init;
 * BatchNorm uses ``momentum=0.9, epsilon=1e-5`` (Flax's momentum is the weight of the running
-  average, so 0.9 here is PyTorch's ``momentum=0.1``);
+  average, so 0.9 here is PyTorch's ``momentum=0.1``); it is ``ap_jax.batchnorm.BatchNorm``
+  (Flax's parameters and statistics, fewer passes over the activations), with the ReLU and the
+  residual add fused into it, so the ``ReLU`` sites only count;
 * shortcut option "B" (1x1 conv with stride + BN when the shape changes, identity otherwise) is
   the default; option "A" is He et al.'s parameter-free shortcut (subsample spatially, append
   zero channels).
@@ -24,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ap_jax import conv
+from ap_jax.batchnorm import BatchNorm
 from ap_jax.stats import ReLU
 
 SHORTCUTS = ("A", "B")
@@ -57,8 +60,8 @@ def _conv(features: int, kernel: int, strides: int, name: str) -> nn.Conv:
     )
 
 
-def _bn(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name=name)
+def _bn(train: bool, name: str, relu: bool = False) -> BatchNorm:
+    return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, relu=relu, name=name)
 
 
 class BasicBlock(nn.Module):
@@ -75,10 +78,9 @@ class BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         y = _conv(self.features, 3, self.strides, "conv1")(x)
-        y = _bn(train, "bn1")(y)
-        y = ReLU(name="relu1")(y)
+        y = _bn(train, "bn1", relu=True)(y)
+        y = ReLU(applied=True, name="relu1")(y)
         y = _conv(self.features, 3, 1, "conv2")(y)
-        y = _bn(train, "bn2")(y)
 
         if self.strides != 1 or x.shape[-1] != self.features:
             if self.shortcut == "B":
@@ -87,7 +89,7 @@ class BasicBlock(nn.Module):
             else:
                 x = x[:, :: self.strides, :: self.strides, :]
                 x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, self.features - x.shape[-1])))
-        return ReLU(name="relu2")(y + x)
+        return ReLU(applied=True, name="relu2")(_bn(train, "bn2", relu=True)(y, residual=x))
 
 
 class ResNetCIFAR(nn.Module):
@@ -105,8 +107,8 @@ class ResNetCIFAR(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         x = _conv(STAGE_FEATURES[0], 3, 1, "stem_conv")(x)
-        x = _bn(train, "stem_bn")(x)
-        x = ReLU(name="stem_relu")(x)
+        x = _bn(train, "stem_bn", relu=True)(x)
+        x = ReLU(applied=True, name="stem_relu")(x)
         for stage, features in enumerate(STAGE_FEATURES):
             for block in range(blocks_per_stage(self.depth)):
                 strides = 2 if stage > 0 and block == 0 else 1

@@ -47,8 +47,8 @@ class VGG(nn.Module):
                 continue
             prefix = f"stage{stage}_layer{layer}"
             x = conv(spec, 3, f"{prefix}_conv", use_bias=True)(x)
-            x = batch_norm(train, f"{prefix}_bn")(x)
-            x = ReLU(name=f"{prefix}_relu")(x)
+            x = batch_norm(train, f"{prefix}_bn", relu=True)(x)
+            x = ReLU(applied=True, name=f"{prefix}_relu")(x)
             layer += 1
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(self.num_classes, name="head")(x)
