@@ -114,16 +114,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or name not in fields:
             raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD a RunConfig field "
                              f"(e.g. epochs=1); known fields: {', '.join(fields)}")
-        default = fields[name].default
         try:
-            if isinstance(default, bool):
-                overrides[name] = config._bool(text)
-            elif isinstance(default, tuple):
-                overrides[name] = tuple(float(v) for v in text.split(","))
-            else:
-                overrides[name] = type(default)(text)
-        except (ValueError, argparse.ArgumentTypeError) as err:
+            value = config.parse_value(name, text)
+        except ValueError as err:
             raise ValueError(f"--set {pair!r}: {err}") from None
+        if problem := config.field_problem(name, value):
+            raise ValueError(f"--set {pair!r}: {name} {problem}")
+        overrides[name] = value
     return overrides
 
 
