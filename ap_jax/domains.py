@@ -24,6 +24,12 @@ def _plain(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def shown(value: Any) -> str:
+    """``value`` for a message: a huge integer by its digit count, not hundreds of digits."""
+    text = str(value)
+    return f"{text[:12]}... ({len(text)} digits)" if isinstance(value, int) and len(text) > 24 else text
+
+
 @dataclasses.dataclass(frozen=True)
 class Number:
     """An int or a finite float in ``[low, high]`` (each end open or closed); with ``zero`` set,
@@ -56,7 +62,7 @@ class Number:
         below = value < self.high if self.high_open else value <= self.high
         if above and below:
             return None
-        return f"{self.requirement(above)}, got {value}"
+        return f"{self.requirement(above)}, got {shown(value)}"
 
     def requirement(self, above: bool = False) -> str:
         """What the field must be: for a float range the interval, else the bound it broke."""
