@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 from ap_jax import ap, methods, models, official
 from ap_jax.data import DATASETS
-from ap_jax.domains import Choice, Domain, Flag, Needs, Number, Shares, integer, real
+from ap_jax.domains import INT32_MAX, Choice, Domain, Flag, Needs, Number, Shares, integer, real
 from ap_jax.prune import SCOPES
 from ap_jax.stream import IMAGE_SIZE, STREAMED
 from ap_jax.train import LR_SCHEDULES
@@ -59,7 +59,7 @@ class RunConfig:
     dataset: str = _field("cifar10", "tfds dataset name: on the device (CIFAR) or streamed (ImageNet)",
                           Choice((*DATASETS, *STREAMED)))
     train_size: int = _field(0, "class-balanced training subset size (0: the whole split)",
-                             Number(int, 0, low_open=True, zero="all"))
+                             Number(int, 0, INT32_MAX, low_open=True, zero="all"))
     image_size: int = _field(0, f"side in pixels of a streamed dataset's crops (0: {IMAGE_SIZE}); CIFAR: 0 only",
                              Number(int, 0, 1024, low_open=True, zero="the dataset's"), added=True, needs=[
                                  Needs(lambda c: c.image_size == 0 or _streamed(c.dataset),

@@ -10,6 +10,7 @@ Anything else is a bug: one line naming what failed and where its traceback was 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import functools
 import os
@@ -19,7 +20,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 
@@ -34,6 +35,17 @@ def interrupted(prog: str) -> int:
     """Ctrl-C: say how to go on, exit 130 (128 + SIGINT)."""
     print(f"{prog}: interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
     return 130
+
+
+def exit_process(code: int) -> None:
+    """End a command's process with ``code``. After Ctrl-C (130) it ends at once, its output
+    flushed: every file is already written atomically, and the interpreter's shutdown could meet
+    background threads (XLA's, orbax's) stopped mid-operation, which can crash it."""
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def save_traceback(where: Path | None) -> Path:
@@ -88,10 +100,9 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
     ``also``; 1 for anything else, its traceback saved in ``out``. Exceptions raised in
     background threads (orbax's) while it runs go to that file too, not to the terminal.
     """
-    hook, thread_errors = threading.excepthook, []
-    threading.excepthook = thread_errors.append
     try:
-        body()
+        with background_errors_to_file(out):
+            body()
     except KeyboardInterrupt:
         return interrupted(parser.prog)
     except data.DataError as err:
@@ -109,20 +120,32 @@ def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path
         return 2
     except Exception as err:
         return internal_error(parser.prog, err, out)
-    finally:
-        threading.excepthook = hook
-        _keep_thread_errors(thread_errors, out)
     return 0
 
 
-def _keep_thread_errors(errors: list[threading.ExceptHookArgs], out: Path) -> None:
-    """Save background threads' exceptions (orbax's, after a stop) in a traceback file in ``out``."""
-    if not errors:
-        return
-    text = "".join("".join(traceback.format_exception(e.exc_type, e.exc_value, e.exc_traceback)) for e in errors)
+@contextlib.contextmanager
+def background_errors_to_file(out: Path) -> Iterator[None]:
+    """Send exceptions that no caller can catch to a traceback file in ``out`` instead of the
+    terminal: a thread's (orbax's, after Ctrl-C), an ignored one in a coroutine collected late, one
+    a native callback prints (tensorstore's reads of a corrupt checkpoint that orbax has already
+    given up on). The run has its own outcome; these are noise beside it, kept for a bug report."""
+    caught: list[tuple] = []
+    hooks = threading.excepthook, sys.unraisablehook, sys.excepthook
+    threading.excepthook = sys.unraisablehook = lambda e: caught.append((e.exc_type, e.exc_value, e.exc_traceback))
+    sys.excepthook = lambda *exc: caught.append(exc)
+    try:
+        yield
+    finally:
+        threading.excepthook, sys.unraisablehook, sys.excepthook = hooks
+        if caught:
+            _save_background(caught, out)
+
+
+def _save_background(caught: list[tuple], out: Path) -> None:
+    text = "".join("".join(traceback.format_exception(*exc)) for exc in caught)
     where = out if out.is_dir() else Path(tempfile.gettempdir())
     try:
-        (where / f"{TRACEBACK_PREFIX}threads-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt").write_text(text)
+        (where / f"{TRACEBACK_PREFIX}background-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt").write_text(text)
     except OSError:
         pass
 
@@ -151,7 +174,7 @@ def check_path_text(text: str | None, flag: str) -> None:
     if text is None:
         return
     if not text.strip():
-        raise ValueError(f"{flag} must not be empty: pass a directory")
+        raise ValueError(f"{flag} must not be empty: pass a path")
     if "\0" in text:
         raise ValueError(f"{flag} must not hold a NUL byte, got {text!r}")
 
