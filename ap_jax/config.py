@@ -79,7 +79,7 @@ class RunConfig:
                                     Needs(lambda c: c.method == "finetune" or c.finetune_lr == FINETUNE_LR,
                                           "--finetune-lr is used by --method finetune only, got {finetune_lr} "
                                           "with --method {method}")])
-    rate: float = _field(0.2, "share p of the alive prunable weights removed per cycle, in [0, 1)",
+    rate: float = _field(0.2, "share p of the alive prunable weights removed per cycle",
                          real(0, 1, high_open=True))
     ap_rate: float = _field(0.0, "share q of the alive prunable weights AP removes per cycle, out of "
                             "--rate (0: X alone; paper: 0.02 of 0.2)", real(0, 1, high_open=True), needs=[
@@ -98,9 +98,8 @@ class RunConfig:
     scope: str = _field("global", "pruning scope", Choice(SCOPES))
     cycles: int = _field(5, "pruning cycles after the dense run (remaining share 0.8^c)", integer(1, 1000))
     epochs: int = _field(10, "training epochs per cycle", integer(1, 10_000))
-    batch_size: int = _field(128, "training batch size", integer(1), needs=[
-        Needs(lambda c: not c.train_size or c.batch_size <= c.train_size,
-              "--batch-size {batch_size} exceeds the {train_size} training examples; pass at most {train_size}")])
+    batch_size: int = _field(128, "training batch size (at most the training examples: checked against the data)",
+                             integer(1))
     lr: float = _field(0.1, "peak learning rate", real(0, low_open=True))
     momentum: float = _field(0.9, "SGD momentum", real(0, 1, high_open=True))
     weight_decay: float = _field(1e-4, "weight decay (coupled, PyTorch-style)", real(0, 1))
@@ -279,15 +278,17 @@ def add_config_args(parser: argparse.ArgumentParser, defaults: RunConfig, skip: 
         if f.name in skip:
             continue
         default = getattr(defaults, f.name)
-        kwargs: dict[str, Any] = {"default": default, "help": f"{f.metadata['help']} (default: {default})"}
+        domain = f.metadata["domain"]
+        accepted = "" if isinstance(domain, Choice) else f"{domain.describe()}; "
+        kwargs: dict[str, Any] = {"default": default, "help": f"{f.metadata['help']} ({accepted}default: {default})"}
         if isinstance(default, bool):
             kwargs.update(type=parse_bool, metavar="BOOL")
         elif isinstance(default, tuple):
             kwargs.update(type=float, nargs="+", metavar="X")
         else:
             kwargs.update(type=type(default))
-        if isinstance(f.metadata["domain"], Choice):
-            kwargs["choices"] = f.metadata["domain"].options
+        if isinstance(domain, Choice):
+            kwargs["choices"] = domain.options
         group.add_argument(_flag(f.name), dest=f.name, **kwargs)
 
 

@@ -64,6 +64,13 @@ class Number:
             return None
         return f"{self.requirement(above)}, got {shown(value)}"
 
+    def describe(self) -> str:
+        """The accepted values in words, for ``--help``."""
+        left, right = "(" if self.low_open else "[", ")" if self.high_open or not math.isfinite(self.high) else "]"
+        kind = "an integer" if self.kind is int else "a number"
+        span = f"{kind} in {left}{_plain(self.low)}, {_plain(self.high) if math.isfinite(self.high) else 'inf'}{right}"
+        return f"0 ({self.zero}) or {span}" if self.zero is not None else span
+
     def requirement(self, above: bool = False) -> str:
         """What the field must be: for a float range the interval, else the bound it broke."""
         if self.kind is float and math.isfinite(self.high):
@@ -89,6 +96,9 @@ class Choice:
     def coerce(self, value: Any) -> Any:
         return value
 
+    def describe(self) -> str:
+        return "one of the choices"
+
     def has_type(self, value: Any) -> bool:
         return isinstance(value, str)
 
@@ -107,6 +117,9 @@ class Flag:
     def coerce(self, value: Any) -> Any:
         return value
 
+    def describe(self) -> str:
+        return "true or false"
+
     def has_type(self, value: Any) -> bool:
         return isinstance(value, bool)
 
@@ -122,6 +135,9 @@ class Shares:
         if isinstance(value, (list, tuple)):
             return tuple(float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value)
         return value
+
+    def describe(self) -> str:
+        return "numbers in (0, 1)"
 
     def has_type(self, value: Any) -> bool:
         return isinstance(value, tuple) and all(isinstance(v, float) for v in value)

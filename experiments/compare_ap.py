@@ -187,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         guard.make_dir(root)
     except ValueError as err:  # data.DataError and RunDirError included
         parser.error(str(err))
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
 
     def body() -> None:
         records.write_json(root / "config.json", cfg.to_dict())

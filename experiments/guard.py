@@ -160,6 +160,11 @@ def _file_failure(err: OSError, out: Path) -> str:
     return f"{where}: {why}; fix or remove that file, then rerun the same command to resume"
 
 
+def file_problem(err: OSError) -> str:
+    """One line for a file that could not be looked at before anything started."""
+    return f"{err.filename}: {err.strerror or err}" if err.filename else str(err)
+
+
 def make_dir(path: Path, flag: str = "--out") -> None:
     """Create ``path`` (the first write of a command) or raise ``ValueError``: nothing was started,
     so the fix is another ``flag``, not a rerun."""
@@ -170,13 +175,16 @@ def make_dir(path: Path, flag: str = "--out") -> None:
 
 
 def check_path_text(text: str | None, flag: str) -> None:
-    """Raise ``ValueError`` unless a path flag's text can name a file: not empty, no NUL byte."""
+    """Raise ``ValueError`` unless a path flag's text can name a file: not empty, no NUL byte, no
+    name longer than the file system takes."""
     if text is None:
         return
     if not text.strip():
         raise ValueError(f"{flag} must not be empty: pass a path")
     if "\0" in text:
         raise ValueError(f"{flag} must not hold a NUL byte, got {text!r}")
+    if problem := _name_problem(Path(text)):
+        raise ValueError(f"{flag} {_short(Path(text))}: {problem}")
 
 
 def check_out(out: Path, flag: str = "--out") -> None:

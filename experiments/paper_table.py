@@ -236,6 +236,8 @@ def run_table(spec: TableSpec, argv: list[str] | None = None) -> int:
         guard.make_dir(root)
     except ValueError as err:  # data.DataError and RunDirError included
         parser.error(str(err))
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
     options = run_options(args, devices)
 
     def body() -> None:

@@ -302,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             guard.make_dir(out)
     except ValueError as err:
         parser.error(str(err))
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
 
     def body() -> None:
         if not args.report:
