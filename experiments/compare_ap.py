@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
 from ap_jax import config, conv, cycle, data, feeds, identity, parallel, plots, records
