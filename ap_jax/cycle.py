@@ -479,13 +479,16 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
     A run directory whose ``metrics.jsonl`` is already complete for this config is reused as it
     is; an incomplete one resumes from its newest readable checkpoint. A directory of another
     config, or one another process is running (``exclusive``), is a ``RunDirError``; a hand-broken
-    ``metrics.jsonl`` a ``records.RecordsError``; a ``rewind_step`` past the steps of a cycle a
-    ``ValueError``, before anything is written. With ``options.dense_from`` a run with no
-    checkpoint yet takes cycle 0 from that run (``check_dense_from`` says when it may).
+    ``metrics.jsonl`` a ``records.RecordsError``; a ``rewind_step`` past the steps of a cycle or a
+    ``dnr_size`` past the training examples a ``ValueError``, before anything is written. With
+    ``options.dense_from`` a run with no checkpoint yet takes cycle 0 from that run
+    (``check_dense_from`` says when it may).
     """
     jax.config.update("jax_threefry_partitionable", True)  # the default today; pinned against changes
     if problem := check_rewind_step(cfg, dataset.num_train):
         raise ValueError(problem)
+    if cfg.dnr_size > dataset.num_train:  # never measured on fewer examples than the config says
+        raise ValueError(f"dnr_size={cfg.dnr_size} exceeds the {dataset.num_train} training examples")
     check_run_dir(run_dir, cfg)
     rows = records.read_rows(run_dir / "metrics.jsonl")
     if is_complete(rows, cfg):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -155,8 +157,13 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if any(v is None for v in values.values()):
         missing = ", ".join(f"--{k.replace('_', '-')} (or ${ENV[k]})" for k, v in values.items() if v is None)
         raise ValueError(f"a multi-host run needs all three settings; missing {missing}")
-    jax.distributed.initialize(values["coordinator_address"], int(values["num_processes"]),
-                               int(values["process_id"]))
+    try:
+        count, index = int(values["num_processes"]), int(values["process_id"])
+    except ValueError:
+        raise ValueError(f"a multi-host run needs integer process counts, got {ENV['num_processes']}="
+                         f"{values['num_processes']!r} and {ENV['process_id']}={values['process_id']!r}") from None
+    check_hosts(count, index)
+    jax.distributed.initialize(values["coordinator_address"], count, index)
     return True
 
 
@@ -185,7 +192,49 @@ def add_args(parser: argparse.ArgumentParser) -> None:
                        help=f"multi-host: this process's id, 0..P-1 (default: ${ENV['process_id']})")
 
 
+class BackendError(ValueError):
+    """JAX's backend cannot start with the environment given (``JAX_PLATFORMS``, ``XLA_FLAGS``)."""
+
+
+PROBE = "import jax; jax.devices()"
+
+
+def start_backend() -> None:
+    """Start JAX's backend, or raise a one-line ``BackendError`` saying which setting stops it.
+
+    XLA rejects a bad ``XLA_FLAGS`` by aborting the process, which no handler can catch, so when
+    that variable is set and the backend has not started yet, a child process tries it first.
+    """
+    from jax._src import xla_bridge
+
+    if os.environ.get("XLA_FLAGS") and not xla_bridge.backends_are_initialized():
+        probe = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
+        if probe.returncode:
+            last = (probe.stderr.strip().splitlines() or [f"exit status {probe.returncode}"])[-1]
+            raise BackendError(f"JAX cannot start with XLA_FLAGS={os.environ['XLA_FLAGS']!r}: "
+                               f"{last.split('] ', 1)[-1]}; fix or unset XLA_FLAGS")
+    try:
+        jax.devices()
+    except RuntimeError as err:
+        platforms = os.environ.get("JAX_PLATFORMS")
+        setting = f"JAX_PLATFORMS={platforms!r}" if platforms else "this machine's devices"
+        raise BackendError(f"JAX cannot start with {setting}: {str(err).splitlines()[0]}") from None
+
+
+def check_hosts(num_processes: int | None, process_id: int | None) -> None:
+    """Raise a one-line ``ValueError`` unless the multi-host counts given are possible."""
+    if num_processes is not None and num_processes < 1:
+        raise ValueError(f"--num-processes must be at least 1, got {num_processes}")
+    if process_id is not None and not 0 <= process_id < (num_processes or process_id + 1):
+        raise ValueError(f"--process-id must be in [0, --num-processes), got {process_id}")
+
+
 def devices_from_args(args: argparse.Namespace) -> int:
-    """Start multi-host if :func:`add_args`' flags or the environment ask for it; the device count."""
+    """Start multi-host if :func:`add_args`' flags or the environment ask for it; the device count.
+
+    A bad multi-host setting or a backend that cannot start is a one-line ``ValueError``.
+    """
+    check_hosts(args.num_processes, args.process_id)
     initialize(args.coordinator_address, args.num_processes, args.process_id)
+    start_backend()
     return device_count(args.devices)

@@ -16,19 +16,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import errno
 import json
-import os
-import sys
 from pathlib import Path
-from typing import Callable
 
-import jax
-
-from ap_jax import checkpoint, config, conv, cycle, data, feeds, fetch, parallel, plots, records
+from ap_jax import config, conv, cycle, feeds, fetch, identity, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
+from experiments import guard
 
 NAME = "compare_ap"
+PROG = f"python -m experiments.{NAME}"
 DEFAULTS = RunConfig(model="mlp", ap_rate=0.02, cycles=20, epochs=5, lr=0.02, augment=False)
 DATA_NOTE = (
     "Data: the offline CIFAR-10 copy rebuilt from JPEG files (quality 75), so accuracies run "
@@ -39,7 +35,7 @@ DATA_NOTE = (
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: paths, run options (not in the config hash) and one flag per config field."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m experiments.{NAME}", description=__doc__.split("\n\n")[0],
+        prog=PROG, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     fetch.add_args(parser)
@@ -78,13 +74,11 @@ def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argpa
     args = parser.parse_args(argv)
     if args.resume is None:
         return parser, args, config_from_args(parser, args)
-    path = Path(args.resume) / "config.json"
     try:
-        stored = json.loads(path.read_text())
-        resumed = config.from_dict(stored)
-    except (OSError, ValueError) as err:
-        parser.error(f"--resume {args.resume}: cannot read a compare_ap config from {path} "
-                     f"({checkpoint.one_line(err, 160)}); pass the compare_ap-<hash8> directory")
+        guard.check_path_text(args.resume, "--resume")
+        stored, resumed = identity.read_study(Path(args.resume), NAME)
+    except ValueError as err:
+        parser.error(f"--resume {args.resume}: {err}")
     args = parser.parse_args(argv, namespace=argparse.Namespace(**dataclasses.asdict(resumed)))
     cfg = config_from_args(parser, args)
     if diffs := config.differences(stored, cfg):
@@ -144,75 +138,17 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     return text
 
 
-RUN_ERRORS = (cycle.RunDirError, cycle.NonFiniteLoss, records.RecordsError, checkpoint.CheckpointError)
-
-
-def guarded(parser: argparse.ArgumentParser, body: Callable[[], None], out: Path,
-            also: tuple[type[Exception], ...] = ()) -> int:
-    """Run an experiment's ``body`` and turn its expected failures into one line and an exit code.
-
-    0 when it returns; 130 on Ctrl-C (rerun to resume); the usage error (2) for a dataset that
-    cannot be read; 2 with ``error: ...`` for a bad run directory, checkpoint or records, a
-    non-finite loss, a failed write under ``out``, a device failure (out of memory), or any of
-    ``also``. Never a traceback.
-    """
-    try:
-        body()
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted; rerun the same command to resume from the last checkpoint",
-              file=sys.stderr)
-        return 130
-    except data.DataError as err:
-        parser.error(str(err))
-    except RUN_ERRORS + also as err:
-        print(f"{parser.prog}: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"{parser.prog}: error: {_file_failure(err, out)}", file=sys.stderr)
-        return 2
-    except jax.errors.JaxRuntimeError as err:
-        print(f"{parser.prog}: error: {str(err).splitlines()[0]}; if the device ran out of memory, lower "
-              "--batch-size or --eval-batch-size or pass more --devices, then rerun the same command to "
-              "resume", file=sys.stderr)
-        return 2
-    return 0
-
-
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
-
-
-def _file_failure(err: OSError, out: Path) -> str:
-    """One line for a failed file operation: a full or read-only disk is a failed write under
-    ``out``; anything else names the file and the operating system's reason."""
-    where, why = err.filename or out, err.strerror or err
-    if err.errno in WRITE_ERRNOS:
-        return (f"cannot write {where}: {why}; free space or pass another --out, then rerun the same "
-                "command to resume")
-    return f"{where}: {why}; fix or remove that file, then rerun the same command to resume"
-
-
-def check_out(out: Path, flag: str = "--out") -> None:
-    """Raise ``ValueError`` (the message says the fix: another ``flag``) unless ``out`` is, or can
-    be created as, a writable directory.
-
-    Checked before the data is loaded, and without writing anything.
-    """
-    existing = out
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        problem = f"{existing} is a file, not a directory"
-    elif not os.access(existing, os.W_OK | os.X_OK):
-        problem = f"{existing} is not writable"
-    else:
-        return
-    raise ValueError(f"cannot write to {out}: {problem}; pass a writable {flag}")
-
-
-def check_batch(cfg: RunConfig, num_train: int, devices: int) -> str | None:
-    """Why ``cfg.batch_size`` cannot be used with ``num_train`` examples on ``devices``, or None."""
+def check_fits(cfg: RunConfig, num_train: int, devices: int) -> str | None:
+    """Why ``cfg`` does not fit ``num_train`` training examples on ``devices``, or None: a batch
+    larger than the data or not split evenly, DNR examples beyond the data, a rewind step past a
+    cycle's steps."""
     if cfg.batch_size > num_train:
         return f"--batch-size {cfg.batch_size} exceeds the {num_train} training examples; pass at most {num_train}"
+    if cfg.dnr_size > num_train:
+        return (f"--dnr-size {cfg.dnr_size} exceeds the {num_train} training examples (the DNR is measured on "
+                f"the first --dnr-size of them); pass at most {num_train}")
+    if problem := cycle.check_rewind_step(cfg, num_train):
+        return problem
     try:
         parallel.check_split(cfg.batch_size, devices, name="--batch-size")
     except ValueError as err:
@@ -235,36 +171,37 @@ def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: feed
     return rows
 
 
+@guard.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Parse, check every input, run both arms and write the report; 2 on any bad input."""
     parser, args, cfg = parse(argv)
     if cfg.ap_rate == 0:
         parser.error("--ap-rate must be positive: it is the X+AP arm's share (the X arm uses 0)")
-    root = Path(args.resume) if args.resume else Path(args.out) / f"{NAME}-{cfg.hash8()}"
+    root = Path(args.resume) if args.resume else Path(args.out) / identity.study_name(NAME, cfg)
     try:
+        guard.check_path_text(args.out, "--out")
+        guard.check_path_text(args.data_dir, "--data-dir")
         devices = parallel.devices_from_args(args)  # before anything touches a device (multi-host init)
-    except ValueError as err:
-        parser.error(str(err))
-    try:
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
-        check_out(root)
+        guard.check_out(root)
         fetch.prepare_if_asked(args, [cfg.dataset])
         dataset = feeds.load(cfg.dataset, args.data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
-    except ValueError as err:  # data.DataError included
+        if problem := check_fits(cfg, dataset.num_train, devices):
+            raise ValueError(problem)
+        cycle.check_run_dir(root, cfg)
+        guard.make_dir(root)
+    except ValueError as err:  # data.DataError and RunDirError included
         parser.error(str(err))
-    if problem := check_batch(cfg, dataset.num_train, devices) or \
-            cycle.check_rewind_step(cfg, dataset.num_train):
-        parser.error(problem)
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
 
     def body() -> None:
-        cycle.check_run_dir(root, cfg)
-        root.mkdir(parents=True, exist_ok=True)
         records.write_json(root / "config.json", cfg.to_dict())
         print(report(cfg, run_arms(cfg, args, root, dataset), root))
         print(f"written: {root / 'report.md'} and {root / 'report.png'}")
 
-    return guarded(parser, body, root)
+    return guard.guarded(parser, body, root)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

@@ -11,7 +11,8 @@ Network Pruning*): LRR keeps the trained survivors and replays the learning-rate
 it matches or beats fine-tuning and weight rewinding at every retraining budget they tried,
 short ones included. So the dense network trains once per seed for 30 epochs (the LTH recipe's
 schedule shape: LR 0.1, ÷10 at 2/3 and 5/6, batch 128, weight decay 1e-4), and each pruned
-cycle retrains 3 epochs with that schedule compressed to them. The X+AP arm takes the X arm's
+cycle retrains 3 epochs with that schedule compressed to them. Test accuracy is measured every
+third epoch and at every cycle's end (the DNR after every epoch). The X+AP arm takes the X arm's
 dense cycle (``cycle.RunOptions.dense_from``: the same network, bit for bit) instead of
 training it again.
 
@@ -30,16 +31,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ap_jax import conv, cycle, data, feeds, parallel
+from ap_jax import config, conv, cycle, feeds, fetch, parallel
 from ap_jax.config import RunConfig
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
+from experiments import guard
+from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
 from experiments.reproduce import Job, parse_overrides
 
 NAME = "high_sparsity"
+PROG = f"python -m experiments.{NAME}"
 PART = "resnet20_full"
 SEEDS = (0, 1, 2, 3, 4)
 BASE = RunConfig(model="resnet20", method="lrr", rate=0.2, cycles=20, epochs=3, dense_epochs=30,
-                 batch_size=128, lr=0.1, augment=True)
+                 batch_size=128, lr=0.1, augment=True, eval_every=3)
 ARMS = {"lrr": 0.0, "lrr+AP": 0.02}  # arm -> AP's share q; the first arm is X alone
 
 
@@ -62,7 +65,7 @@ def run_all(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.Run
     """Run (or reuse, or resume) every job in order on the one dataset they share."""
     cfg = jobs[0].cfg
     dataset = feeds.load(cfg.dataset, data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
-    if problem := check_batch(cfg, dataset.num_train, options.devices):
+    if problem := check_fits(cfg, dataset.num_train, options.devices):
         raise ValueError(problem)
     for i, job in enumerate(jobs):
         label = f"[{i + 1}/{len(jobs)}] {job.arm} seed {job.seed}"
@@ -74,13 +77,12 @@ def run_all(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.Run
 def build_parser() -> argparse.ArgumentParser:
     """The CLI: which seeds, where, and how."""
     parser = argparse.ArgumentParser(
-        prog=f"python -m experiments.{NAME}", description=__doc__.split("\n\n")[0],
+        prog=PROG, description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="results/high_sparsity",
                         help="study root (default: results/high_sparsity)")
-    parser.add_argument("--data-dir", default=None,
-                        help=f"TFDS data dir (default: ${data.ENV_VAR}, else ../shared/data)")
+    fetch.add_args(parser)
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS),
                         help=f"seeds, run in this order (default: {' '.join(map(str, SEEDS))})")
     parser.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
@@ -93,26 +95,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@guard.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Parse, check, run the seeds in order, then write the report; 2 on any bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
+        for flag in ("--out", "--data-dir", "--report-path"):
+            guard.check_path_text(getattr(args, flag[2:].replace("-", "_")), flag)
+        config.check_seeds(args.seeds)
         overrides = parse_overrides(args.set)
         jobs = jobs_for(args.seeds, overrides)
         devices = parallel.devices_from_args(args)
-        conv.active_impl()
-        check_out(out)
-        check_out(Path(args.report_path).parent, "--report-path")
+        conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
+        guard.check_out(out)
+        guard.check_file_target(Path(args.report_path), "--report-path")
+        if not args.report:
+            guard.make_dir(out)
+        fetch.prepare_if_asked(args, {BASE.dataset})
     except ValueError as err:
         parser.error(str(err))
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
     words = ["python", "-m", f"experiments.{NAME}", *(sys.argv[1:] if argv is None else argv)]
     command = shlex.join(w for w in words if w != "--report")
 
     def body() -> None:
         if not args.report:
-            out.mkdir(parents=True, exist_ok=True)
             run_all(jobs, out, args.data_dir, run_options(args, devices))
         from experiments import high_sparsity_report  # matplotlib only once there is something to report
 
@@ -120,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                                           note=DATA_NOTE, command=command)
         print(f"written: {path}")
 
-    return guarded(parser, body, out, also=(ValueError,))
+    return guard.guarded(parser, body, out, also=(ValueError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

@@ -131,7 +131,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
     cycles = jobs[0].cfg.cycles
     x, ap = report.load_arm(x_dirs, cycles), report.load_arm(ap_dirs, cycles)
     done = len(x.cycle_rows) + len(ap.cycle_rows)
-    lines = [f"# Does AP help a BatchNorm network at high sparsity? (ResNet-20, all of CIFAR-10; "
+    lines = ["# Does AP help a BatchNorm network at high sparsity? (ResNet-20, all of CIFAR-10; "
              "small scale: 3 epochs per pruned cycle)", "",
              f"**Status: {done} of {len(jobs)} runs complete**"
              + ("." if done == len(jobs) else "; rerun the command below to continue the study."), "",

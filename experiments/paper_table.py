@@ -21,9 +21,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ap_jax import conv, cycle, feeds, fetch, parallel, records
+from ap_jax import config, conv, cycle, feeds, fetch, identity, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
+from experiments import guard
+from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
 
 SCALES = ("full", "cpu")
 
@@ -207,31 +208,42 @@ def load_data(cfg: RunConfig, data_dir: str | None, seed: int) -> feeds.AnyDatas
 
 
 def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
+    """Run one table (see :func:`run_table`); Ctrl-C is exit 130, an unexpected failure exit 1."""
+    return guard.command(f"python -m experiments.{spec.name}")(run_table)(spec, argv)
+
+
+def run_table(spec: TableSpec, argv: list[str] | None = None) -> int:
     """Run one table: every method x {X, X+AP} x seed, then write ``table.md``; 2 on bad input."""
     parser, args, cfg = parse(spec, argv)
     if cfg.ap_rate == 0:
         parser.error("--ap-rate must be positive: it is the X+AP arms' share (the X arms use 0)")
-    root = Path(args.out) / f"{spec.name}-{args.scale}-{cfg.hash8()}"
+    root = Path(args.out) / identity.study_name(f"{spec.name}-{args.scale}", cfg)
     try:
+        guard.check_path_text(args.out, "--out")
+        guard.check_path_text(args.data_dir, "--data-dir")
+        config.check_seeds(args.seeds)
         arms_of = {(m, s): arm_configs(cfg, m, s, args.k) for m in args.methods for s in args.seeds}
         devices = parallel.devices_from_args(args)
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
-        check_out(root)
+        guard.check_out(root)
         fetch.prepare_if_asked(args, [cfg.dataset])
         datasets = {seed: load_data(cfg, args.data_dir, seed) for seed in args.seeds[: 1 if not cfg.train_size else None]}
-    except ValueError as err:  # data.DataError included
+        num_train = next(iter(datasets.values())).num_train
+        fits = (check_fits(c, num_train, devices) for arms in arms_of.values() for c in arms.values())
+        if problem := next(filter(None, fits), None):
+            raise ValueError(problem)
+        cycle.check_run_dir(root, cfg)  # a study's stored config is the one its name hashes
+        guard.make_dir(root)
+    except ValueError as err:  # data.DataError and RunDirError included
         parser.error(str(err))
-    num_train = next(iter(datasets.values())).num_train
-    rewind = (cycle.check_rewind_step(c, num_train) for arms in arms_of.values() for c in arms.values())
-    if problem := check_batch(cfg, num_train, devices) or next(filter(None, rewind), None):
-        parser.error(problem)
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
     options = run_options(args, devices)
 
     def body() -> None:
         results: dict[str, dict[str, list[list[dict]]]] = {}
         seconds: list[float] = []
         run_dirs: list[Path] = []
-        root.mkdir(parents=True, exist_ok=True)
         records.write_json(root / "config.json", {**cfg.to_dict(), "scale": args.scale})
         for method in args.methods:
             for seed in args.seeds:
@@ -245,4 +257,4 @@ def main_for(spec: TableSpec, argv: list[str] | None = None) -> int:
         print(write_report(spec, cfg, args.scale, root, results, float(np.median(seconds)), args.k, run_dirs))
         print(f"written: {root / 'table.md'}")
 
-    return guarded(parser, body, root)
+    return guard.guarded(parser, body, root)

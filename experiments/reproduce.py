@@ -31,12 +31,14 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ap_jax import config, conv, cycle, feeds, fetch, official, parallel
 from ap_jax.config import RunConfig
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_batch, check_out, guarded, run_options
+from experiments import guard
+from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
 
 if TYPE_CHECKING:  # experiments.report imports matplotlib: only once there is something to report
     from experiments.report import Scale
 
 NAME = "reproduce"
+PROG = f"python -m experiments.{NAME}"
 SEEDS = (0, 1, 2)
 
 PARTS: dict[str, RunConfig] = {
@@ -114,16 +116,13 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         if not sep or name not in fields:
             raise ValueError(f"--set {pair!r}: expected FIELD=VALUE with FIELD a RunConfig field "
                              f"(e.g. epochs=1); known fields: {', '.join(fields)}")
-        default = fields[name].default
         try:
-            if isinstance(default, bool):
-                overrides[name] = config._bool(text)
-            elif isinstance(default, tuple):
-                overrides[name] = tuple(float(v) for v in text.split(","))
-            else:
-                overrides[name] = type(default)(text)
-        except (ValueError, argparse.ArgumentTypeError) as err:
+            value = config.parse_value(name, text)
+        except ValueError as err:
             raise ValueError(f"--set {pair!r}: {err}") from None
+        if problem := config.field_problem(name, value):
+            raise ValueError(f"--set {pair!r}: {name} {problem}")
+        overrides[name] = value
     return overrides
 
 
@@ -133,8 +132,15 @@ def grid(parts: list[str], seeds: list[int], overrides: dict[str, Any],
 
     ``arms`` replaces every part's own arm list (``PART_ARMS``) when given.
     """
-    return [Job(part, arm, seed, arm_config(PARTS[part], arm, overrides, seed))
-            for part in parts for seed in seeds for arm in (arms or PART_ARMS[part])]
+    jobs = []
+    for part in parts:
+        for seed in seeds:
+            for arm in arms or PART_ARMS[part]:
+                try:
+                    jobs.append(Job(part, arm, seed, arm_config(PARTS[part], arm, overrides, seed)))
+                except ValueError as err:
+                    raise ValueError(f"part {part}, arm {arm}: {err}") from None
+    return jobs
 
 
 def arm_config(base: RunConfig, arm: str, overrides: dict[str, Any], seed: int) -> RunConfig:
@@ -265,19 +271,23 @@ def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.Ru
             datasets[key] = feeds.load(job.cfg.dataset, data_dir, train_size=job.cfg.train_size or None,
                                       seed=job.cfg.seed)
         dataset = datasets[key]
-        if problem := check_batch(job.cfg, dataset.num_train, options.devices):
-            raise ValueError(problem)
+        if problem := check_fits(job.cfg, dataset.num_train, options.devices):
+            raise ValueError(f"{job.part} {job.arm}: {problem}")
         label = f"[{i + 1}/{len(jobs)}] {job.part} {job.arm} seed {job.seed}"
         cycle.run(job.cfg, dataset, job.run_dir(out), label, options)
         yield job
 
 
+@guard.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     """Parse, check, run the grid in order, then write the report; 2 on any bad input."""
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
+        for flag in ("--out", "--data-dir", "--report-path"):
+            guard.check_path_text(getattr(args, flag[2:].replace("-", "_")), flag)
+        config.check_seeds(args.seeds)
         overrides = parse_overrides(args.set)
         jobs = grid(args.parts, args.seeds, overrides, args.arms)
         if problem := next(filter(None, (cycle.check_rewind_step(j.cfg, j.cfg.train_size or TRAIN_EXAMPLES)
@@ -285,15 +295,18 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(problem.replace("--rewind-step ", "--set rewind_step="))
         devices = parallel.devices_from_args(args)
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
-        check_out(out)
-        check_out(Path(args.report_path).parent, "--report-path")  # written last: known writable now (or creatable)
+        guard.check_out(out)
+        guard.check_file_target(Path(args.report_path), "--report-path")  # written last: known writable now
+        if not args.report:
+            guard.make_dir(out)
         fetch.prepare_if_asked(args, {job.cfg.dataset for job in jobs})
     except ValueError as err:
         parser.error(str(err))
+    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
+        parser.error(guard.file_problem(err))
 
     def body() -> None:
         if not args.report:
-            out.mkdir(parents=True, exist_ok=True)
             for job in run_jobs(jobs, out, args.data_dir, run_options(args, devices)):
                 print(f"done: {job.part} {job.arm} seed {job.seed}", file=sys.stderr)
         from experiments import report  # matplotlib only once there is something to report
@@ -309,8 +322,8 @@ def main(argv: list[str] | None = None) -> int:
                             scale=report_scale(args.set))
         print(f"written: {path}")
 
-    return guarded(parser, body, out, also=(ValueError,))
+    return guard.guarded(parser, body, out, also=(ValueError,))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

@@ -4,9 +4,8 @@
     python -m experiments.table1 --scale cpu         # a CPU-sized run
 """
 
-import sys
-
 from ap_jax.config import RunConfig
+from experiments import guard
 from experiments.paper_table import TableSpec, main_for
 
 LTH = "Frankle & Carbin 2019 (LTH ResNet-20 recipe)"
@@ -36,4 +35,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

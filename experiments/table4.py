@@ -4,9 +4,8 @@
     python -m experiments.table4 --scale cpu         # a CPU-sized run
 """
 
-import sys
-
 from ap_jax.config import RunConfig
+from experiments import guard
 from experiments.paper_table import TableSpec, main_for
 
 OURS = "our choice (the paper and Chin et al. 2020 as cited do not fix it)"
@@ -35,4 +34,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

@@ -22,9 +22,8 @@ The full scale trains batch 1024 of 224 px crops: more than one GPU's memory for
 float32, so run it over several devices (``--devices``, multi-host flags; the batch is split).
 """
 
-import sys
-
 from ap_jax.config import RunConfig
+from experiments import guard
 from experiments.paper_table import TableSpec, main_for
 
 RENDA = "Renda et al. 2020 (ResNet-50 ImageNet recipe)"
@@ -62,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

@@ -11,9 +11,8 @@ where they carry over. The DNR of a GELU network is its ReLU-equivalent dead sha
 ``ap_jax.models.vit``).
 """
 
-import sys
-
 from ap_jax.config import RunConfig
+from experiments import guard
 from experiments.paper_table import TableSpec, main_for
 
 VIT = "Dosovitskiy et al. 2020 (ViT fine-tuning recipe)"
@@ -45,4 +44,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    guard.exit_process(main())

@@ -231,3 +231,62 @@ def test_nonfinite_loss_stops_or_is_skipped(fake_data, tmp_path, capsys):
     (root,) = tmp_path.iterdir()
     rows = records.read_rows(root / "lth" / "seed_3" / "metrics.jsonl")
     assert rows[0]["skipped_steps"] == 2
+
+
+def test_resume_takes_a_study_that_proves_its_identity(finished, capsys):
+    """A run directory, or a study whose config.json no longer hashes to its name, is refused."""
+    run_dir = finished / "lth_AP" / "seed_3"
+    before = snapshot(finished)
+    line = error_line(capsys, "--resume", run_dir)
+    assert f"{run_dir} is a run directory (one seed of one arm), not a compare_ap study; pass its study " \
+           f"directory, {finished}" in line
+    stored = json.loads((finished / "config.json").read_text())
+    (finished / "config.json").write_text(json.dumps({**stored, "ap_rate": 0.05}))
+    try:
+        line = error_line(capsys, "--resume", finished)
+        assert f"{finished / 'config.json'} hashes to " in line and f"not to the directory's name {finished.name}" in line
+    finally:
+        (finished / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
+    assert snapshot(finished) == before
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--out", "x" * 300], "a name in it is 300 bytes, longer than the 255 allowed"),
+    (["--out", ""], "--out must not be empty"),
+    (["--dnr-size", "500"], "--dnr-size 500 exceeds the 120 training examples"),
+    (["--num-processes", "0"], "--num-processes must be at least 1, got 0"),
+    (["--lr-gamma", "nan"], "--lr-gamma must be finite, got nan"),
+])
+def test_bad_paths_sizes_and_numbers(flags, message, fake_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    line = error_line(capsys, *TINY, "--data-dir", fake_data, *flags)
+    assert message in line
+    assert not any(tmp_path.iterdir())
+
+
+def test_an_unexpected_failure_is_one_line_with_its_traceback_saved(fake_data, tmp_path, capsys, monkeypatch):
+    def bug(*args, **kwargs):
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(cycle, "run", bug)
+    assert compare_ap.main([*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("python -m experiments.compare_ap: internal error: TypeError: a bug (the traceback is in ")
+    (saved,) = tmp_path.glob("compare_ap-*/traceback-*.txt")
+    assert str(saved) in line and "raise TypeError" in saved.read_text()
+
+
+def test_exceptions_in_background_threads_go_to_a_file(tmp_path, capsys):
+    import threading
+
+    from experiments import guard
+
+    def body():
+        thread = threading.Thread(target=lambda: 1 / 0)
+        thread.start()
+        thread.join()
+
+    assert guard.guarded(compare_ap.build_parser(), body, tmp_path) == 0
+    assert capsys.readouterr().err == ""
+    (saved,) = tmp_path.glob("traceback-background-*.txt")
+    assert "ZeroDivisionError" in saved.read_text()

@@ -121,3 +121,11 @@ def test_a_study_beyond_the_default_grid_reports_its_runs_and_no_others(fake_dat
     assert "**Status: 2 of 3 runs complete**" in text and "- mlp lth+AP: 1 complete seed(s)\n" in text
     assert "- mlp lth: 1 complete seed(s); in progress or missing: seed 6: 0 of 3 cycles" in text
     assert f"Some runs come from earlier commands on {out}." in text
+
+
+def test_report_path_that_is_a_directory_is_refused_before_any_run(capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        reproduce.main(["--out", str(tmp_path / "study"), "--report-path", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"--report-path {tmp_path} is a directory; pass a file path" in err
+    assert not (tmp_path / "study").exists()

@@ -62,6 +62,15 @@ def assert_same_run(root, ref):
                 assert a.dtype == b.dtype and np.array_equal(a, b), f"{arm} cycle {c} {path}"
 
 
+def covered_rows(run_dir):
+    """Rows of metrics.jsonl that the newest committed train-state checkpoint covers (0 if none)."""
+    steps = sorted(int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit())
+    if not steps:
+        return 0
+    covered = json.loads((run_dir / "checkpoints" / str(steps[-1]) / "rows" / "metadata").read_text())
+    return covered["rows_before"] + len(covered["rows"])
+
+
 def test_killed_at_each_point_then_rerun_equals_uninterrupted(fake_data, reference, tmp_path):
     flags = [*TINY, "--data-dir", str(fake_data), "--out", str(tmp_path)]
     root = tmp_path / reference.name
@@ -72,6 +81,8 @@ def test_killed_at_each_point_then_rerun_equals_uninterrupted(fake_data, referen
         for arm in ARMS:  # what is on disk is a prefix of the uninterrupted run's rows
             rows = rows_of(root, arm) if (root / arm).exists() else []
             assert rows == rows_of(reference, arm)[: len(rows)], where
+            if rows:  # and no row is on disk before the checkpoint that covers it is committed
+                assert len(rows) <= covered_rows(root / arm / "seed_3"), where
         if point == "commit":
             assert list((root / "lth" / "seed_3" / "checkpoints").glob("*tmp*")), where
     assert run_main(fake_data, tmp_path) == 0

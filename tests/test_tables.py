@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from ap_jax import records, train
+from ap_jax import data, records, train
+from references import assert_cycle_dnr_from_end_weights
 
 MODULES = ["table1", "table2", "table3", "table4", "table5", "table6"]
 
@@ -102,6 +103,9 @@ def test_tiny_table1(fake_data, tmp_path):
     assert module.main(argv) == 0
     (root,) = tmp_path.glob("table1-cpu-*")
     check_table_matches_runs(root, "lth", [1.0, 0.8, 0.64][2:])  # levels <= cycles: the sparsest only
+    subset = data.load("cifar10", fake_data, train_size=40, seed=0)  # DNR: the subset's first 16, BN in eval mode
+    for arm in ("X", "X_AP"):
+        assert_cycle_dnr_from_end_weights(root / "lth" / arm / "seed_0", "resnet20", subset, 16)
     assert json.loads((root / "config.json").read_text())["scale"] == "cpu"
     assert "measured wall time per cycle" in (root / "table.md").read_text()
     # A run made by an earlier invocation keeps its command, and table.md lists both.
