@@ -121,7 +121,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
         except ValueError as err:
             raise ValueError(f"--set {pair!r}: {err}") from None
         if problem := config.field_problem(name, value):
-            raise ValueError(f"--set {pair!r}: {name} {problem}")
+            raise ValueError(f"--set {pair!r}: --{name.replace('_', '-')} {problem}")
         overrides[name] = value
     return overrides
 
