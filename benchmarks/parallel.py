@@ -1,6 +1,6 @@
 """Data-parallel benchmark: the train step with and without DNR counting, and steps/s on 1 vs N devices.
 
-    python -m benchmarks.parallel [--model resnet20] [--batch-size 128] [--rounds 7] [--epoch] [--readme]
+    python -m benchmarks.parallel [--model resnet20] [--batch-size 128] [--rounds 7] [--epoch] [--write]
 
 Prints numbers; it is not a test. Three parts:
 
@@ -13,8 +13,8 @@ Prints numbers; it is not a test. Three parts:
 3. With ``--epoch`` (default on GPU): wall time of one epoch of 50,000 CIFAR-shaped images
    (synthetic uint8, ``train.train_epoch``, compiled beforehand) on one device.
 
-``--readme`` writes the output into README.md's performance section, between markers named after
-the backend (cpu, gpu), so a CPU and a GPU run each keep their own block.
+``--write`` writes the output into docs/performance.md, between markers named after the backend
+(cpu, gpu), so a CPU and a GPU run each keep their own block.
 """
 
 from __future__ import annotations
@@ -143,20 +143,22 @@ def report(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str, backend: str, path: Path = REPO / "README.md", marker: str = MARKER) -> None:
-    """Put ``text`` in README.md between ``backend``'s markers, adding them (and the section) if missing."""
+def write_block(text: str, backend: str, path: Path = REPO / "docs" / "performance.md",
+                marker: str = MARKER) -> None:
+    """Put ``text`` in ``path`` between ``backend``'s markers, adding them (and a Performance
+    section) at the end if missing."""
     start, end = (marker.format(backend=backend, edge=edge) for edge in ("start", "end"))
-    readme, block = path.read_text(), f"{start}\n{text}\n{end}"
-    if start in readme and end in readme:
-        readme = readme[: readme.index(start)] + block + readme[readme.index(end) + len(end):]
+    page, block = path.read_text(), f"{start}\n{text}\n{end}"
+    if start in page and end in page:
+        page = page[: page.index(start)] + block + page[page.index(end) + len(end):]
     else:
-        section = "" if "\n## Performance\n" in readme else "\n\n## Performance"
-        readme = readme.rstrip("\n") + section + "\n\n" + block + "\n"
-    path.write_text(readme)
+        section = "" if "\n## Performance\n" in page else "\n\n## Performance"
+        page = page.rstrip("\n") + section + "\n\n" + block + "\n"
+    path.write_text(page)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse flags, run the parts, print (and optionally write into README.md) the results."""
+    """Parse flags, run the parts, print (and optionally write into docs/performance.md) the results."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.parallel", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="resnet20", choices=models.names())
     parser.add_argument("--batch-size", type=positive_int, default=128)
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", type=positive_int, default=5, help="train steps per timed chunk")
     parser.add_argument("--epoch", action=argparse.BooleanOptionalAction, default=None,
                         help="also time one epoch on one device (default: on GPU only)")
-    parser.add_argument("--readme", action="store_true", help="write the results into README.md")
+    parser.add_argument("--write", action="store_true", help="write the results into docs/performance.md")
     parser.add_argument("--scaling-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -177,8 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     text = report(args)
     print(text)
-    if args.readme:
-        write_readme(text, jax.default_backend())
+    if args.write:
+        write_block(text, jax.default_backend())
     return 0
 
 

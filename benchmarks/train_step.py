@@ -47,7 +47,7 @@ import optax
 from ap_jax import batchnorm, conv, data, masks, models, parallel, prune, train
 from ap_jax.config import positive_int
 from benchmarks import epoch as whole_epoch
-from benchmarks.parallel import write_readme
+from benchmarks.parallel import REPO, write_block
 
 MEAN, STD = data.DATASETS["cifar10"].mean, data.DATASETS["cifar10"].std
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -408,7 +408,7 @@ def write_results(text: str, backend: str) -> None:
     if "<!-- benchmarks/train_step.py" not in (RESULTS.read_text() if RESULTS.exists() else ""):
         RESULTS.write_text("# Train-step benchmarks\n\n## Performance\n\nWritten by "
                            "`python -m benchmarks.train_step --write`, one block per backend.\n")
-    write_readme(text, backend, path=RESULTS, marker=README_MARKER)
+    write_block(text, backend, path=RESULTS, marker=README_MARKER)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.write:
         write_results(text.strip(), jax.default_backend())
-        write_readme(text.strip(), jax.default_backend(), marker=README_MARKER)
+        write_block(text.strip(), jax.default_backend(), path=REPO / "README.md", marker=README_MARKER)
 
 
 if __name__ == "__main__":
