@@ -340,6 +340,7 @@ class _Run:
         position = self.store.restore_latest(state, start, self.key)
         if position is None and self.options.dense_from is not None:
             position = self.dense_position(state, start)
+            self.store.save_state(position)  # the taken cycle is this run's own: rows only after a commit
         if position is None:
             if rows:  # e.g. a fresh clone: metrics.jsonl is committed, checkpoints are not
                 warnings.warn(f"{self.metrics_path} has {len(rows)} rows but no checkpoint to resume them "
