@@ -24,7 +24,7 @@ import numpy as np
 from ap_jax import config, conv, cycle, feeds, fetch, identity, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 from experiments import guard
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
 
 SCALES = ("full", "cpu")
 
