@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ap_jax import config, conv, cycle, feeds, fetch, identity, parallel, plots, records
@@ -83,13 +82,13 @@ def pruning(cfg: RunConfig) -> str:
 def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     """Write ``report.md`` and ``report.png`` in ``root`` (process 0 only) and return the Markdown.
 
-    Command, commit and device come from the arms' ``provenance.json`` and the wall time is the
-    arms' training time from their rows, so a report rewritten later still describes the runs.
+    Commands, commits and machines come from the arms' ``provenance.json`` (``records.provenance_lines``)
+    and the wall time is the arms' training time from their rows, so a report rewritten later still
+    describes the runs.
     """
     cycle_rows = {label: records.cycle_rows(rows) for label, rows in arms.items()}
     title = f"{cfg.model} on {cfg.dataset}: {cfg.method} vs {cfg.method}+AP"
-    first_arm = cycle.arm_run_dir(root, next(iter(arms)), cfg.seed)
-    prov = json.loads((first_arm / "provenance.json").read_text())
+    run_dirs = [cycle.arm_run_dir(root, label, cfg.seed) for label in arms]
     wall_s = sum(rows[-1]["wall_s"] for rows in arms.values())
     size = cfg.train_size or "all"
     text = "\n".join([
@@ -105,10 +104,7 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
         "",
         "![accuracy and DNR against remaining weights](report.png)",
         "",
-        f"- command: `{prov['command']}`",
-        f"- git commit: `{prov['git_commit']}`",
-        f"- device: {prov['device']['backend']} ({prov['device']['device_kind']}, "
-        f"{prov['device']['device_count']} device(s)), host CPU {prov['device']['cpu']}",
+        *records.provenance_lines(records.read_provenance(run_dirs)),
         f"- training wall time, both arms: {wall_s:.0f} s",
         f"- config hash: `{cfg.hash8()}`; every row in `*/seed_{cfg.seed}/metrics.jsonl`",
         "",
