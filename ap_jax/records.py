@@ -90,13 +90,19 @@ def provenance_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     they ran on. Every report of a set of runs cites them this one way."""
     provs = list(records)
     starts = [*provs, *(r for p in provs for r in p.get("resumed", []))]
-    commits = sorted({c[:12] + ("+dirty" if c.endswith("+dirty") else "") for c in (s["git_commit"] for s in starts)})
+    commits = sorted({_short_commit(s["git_commit"]) for s in starts})
     devices = sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU {p['device']['cpu']}, "
                       f"{p['device']['cpu_cores']} cores" for p in provs})
     commands = sorted({s["command"] for s in starts})
     return [f"- commands: {'; '.join(f'`{c}`' for c in commands) or 'n/a'}",
             f"- git commits: {', '.join(f'`{c}`' for c in commits) or 'n/a'}",
             f"- machines: {'; '.join(devices) or 'n/a'}"]
+
+
+def _short_commit(commit: str) -> str:
+    """A commit as its first 12 hex digits, keeping a ``+dirty`` mark."""
+    base = commit.removesuffix("+dirty")
+    return base[:12] + commit[len(base):]
 
 
 def read_provenance(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
