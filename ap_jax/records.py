@@ -84,6 +84,32 @@ def provenance(seed: int, **extra: Any) -> dict[str, Any]:
     }
 
 
+def provenance_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """Markdown lines summing up ``provenance.json`` records: the distinct commands and commits
+    that started or resumed the runs (commits as 12 hex digits, ``+dirty`` kept) and the machines
+    they ran on. Every report of a set of runs cites them this one way."""
+    provs = list(records)
+    starts = [*provs, *(r for p in provs for r in p.get("resumed", []))]
+    commits = sorted({_short_commit(s["git_commit"]) for s in starts})
+    devices = sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU {p['device']['cpu']}, "
+                      f"{p['device']['cpu_cores']} cores" for p in provs})
+    commands = sorted({s["command"] for s in starts})
+    return [f"- commands: {'; '.join(f'`{c}`' for c in commands) or 'n/a'}",
+            f"- git commits: {', '.join(f'`{c}`' for c in commits) or 'n/a'}",
+            f"- machines: {'; '.join(devices) or 'n/a'}"]
+
+
+def _short_commit(commit: str) -> str:
+    """A commit as its first 12 hex digits, keeping a ``+dirty`` mark."""
+    base = commit.removesuffix("+dirty")
+    return base[:12] + commit[len(base):]
+
+
+def read_provenance(run_dirs: Iterable[Path]) -> list[dict[str, Any]]:
+    """The ``provenance.json`` records of the run directories that have one."""
+    return [json.loads((d / "provenance.json").read_text()) for d in run_dirs if (d / "provenance.json").exists()]
+
+
 def write_json(path: Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (temp file, then rename); process 0 only."""
     if not is_main_process():

@@ -16,20 +16,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 from ap_jax import config, conv, cycle, feeds, fetch, identity, parallel, plots, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 from experiments import guard
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
 
 NAME = "compare_ap"
 PROG = f"python -m experiments.{NAME}"
 DEFAULTS = RunConfig(model="mlp", ap_rate=0.02, cycles=20, epochs=5, lr=0.02, augment=False)
-DATA_NOTE = (
-    "Data: the offline CIFAR-10 copy rebuilt from JPEG files (quality 75), so accuracies run "
-    "1-3 points under those on the original images."
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,22 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(parser, DEFAULTS)
     parallel.add_args(parser)
     return parser
-
-
-def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """The ``cycle.RunOptions`` flags every experiment shares (not in the config hash)."""
-    parser.add_argument("--checkpoint-every", type=config.positive_int, default=1, metavar="N",
-                        help="epochs between train-state checkpoints (default: 1)")
-    parser.add_argument("--keep-checkpoints", type=config.positive_int, default=2, metavar="K",
-                        help="newest train-state checkpoints kept per run (default: 2)")
-    parser.add_argument("--skip-nonfinite", action="store_true",
-                        help="skip batches whose loss is NaN or inf instead of stopping")
-
-
-def run_options(args: argparse.Namespace, devices: int | None) -> cycle.RunOptions:
-    """``cycle.RunOptions`` from :func:`add_run_options`' flags and the device count."""
-    return cycle.RunOptions(checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
-                            skip_nonfinite=args.skip_nonfinite, devices=devices)
 
 
 def parse(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace, RunConfig]:
@@ -102,13 +82,13 @@ def pruning(cfg: RunConfig) -> str:
 def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
     """Write ``report.md`` and ``report.png`` in ``root`` (process 0 only) and return the Markdown.
 
-    Command, commit and device come from the arms' ``provenance.json`` and the wall time is the
-    arms' training time from their rows, so a report rewritten later still describes the runs.
+    Commands, commits and machines come from the arms' ``provenance.json`` (``records.provenance_lines``)
+    and the wall time is the arms' training time from their rows, so a report rewritten later still
+    describes the runs.
     """
     cycle_rows = {label: records.cycle_rows(rows) for label, rows in arms.items()}
     title = f"{cfg.model} on {cfg.dataset}: {cfg.method} vs {cfg.method}+AP"
-    first_arm = cycle.arm_run_dir(root, next(iter(arms)), cfg.seed)
-    prov = json.loads((first_arm / "provenance.json").read_text())
+    run_dirs = [cycle.arm_run_dir(root, label, cfg.seed) for label in arms]
     wall_s = sum(rows[-1]["wall_s"] for rows in arms.values())
     size = cfg.train_size or "all"
     text = "\n".join([
@@ -124,10 +104,7 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
         "",
         "![accuracy and DNR against remaining weights](report.png)",
         "",
-        f"- command: `{prov['command']}`",
-        f"- git commit: `{prov['git_commit']}`",
-        f"- device: {prov['device']['backend']} ({prov['device']['device_kind']}, "
-        f"{prov['device']['device_count']} device(s)), host CPU {prov['device']['cpu']}",
+        *records.provenance_lines(records.read_provenance(run_dirs)),
         f"- training wall time, both arms: {wall_s:.0f} s",
         f"- config hash: `{cfg.hash8()}`; every row in `*/seed_{cfg.seed}/metrics.jsonl`",
         "",
@@ -136,24 +113,6 @@ def report(cfg: RunConfig, arms: dict[str, list[dict]], root: Path) -> str:
         plots.comparison_figure(cycle_rows, root / "report.png", title=title)
         (root / "report.md").write_text(text)
     return text
-
-
-def check_fits(cfg: RunConfig, num_train: int, devices: int) -> str | None:
-    """Why ``cfg`` does not fit ``num_train`` training examples on ``devices``, or None: a batch
-    larger than the data or not split evenly, DNR examples beyond the data, a rewind step past a
-    cycle's steps."""
-    if cfg.batch_size > num_train:
-        return f"--batch-size {cfg.batch_size} exceeds the {num_train} training examples; pass at most {num_train}"
-    if cfg.dnr_size > num_train:
-        return (f"--dnr-size {cfg.dnr_size} exceeds the {num_train} training examples (the DNR is measured on "
-                f"the first --dnr-size of them); pass at most {num_train}")
-    if problem := cycle.check_rewind_step(cfg, num_train):
-        return problem
-    try:
-        parallel.check_split(cfg.batch_size, devices, name="--batch-size")
-    except ValueError as err:
-        return str(err)
-    return None
 
 
 def run_arms(cfg: RunConfig, args: argparse.Namespace, root: Path, dataset: feeds.AnyDataset) -> dict[str, list[dict]]:

@@ -34,7 +34,7 @@ from typing import Any
 from ap_jax import config, conv, cycle, feeds, fetch, parallel
 from ap_jax.config import RunConfig
 from experiments import guard
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
 from experiments.reproduce import Job, parse_overrides
 
 NAME = "high_sparsity"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,7 +23,7 @@ import numpy as np
 from ap_jax import config, conv, cycle, feeds, fetch, identity, parallel, records
 from ap_jax.config import RunConfig, add_config_args, config_from_args
 from experiments import guard
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
 
 SCALES = ("full", "cpu")
 
@@ -146,20 +145,6 @@ def sources_table(spec: TableSpec, cfg: RunConfig, scale: str) -> str:
     return "\n".join(lines)
 
 
-def provenance_lines(run_dirs: Sequence[Path]) -> list[str]:
-    """The distinct commands and commits that started or resumed the runs in ``run_dirs`` (a run
-    reused from an earlier invocation keeps the command that made it), and their devices."""
-    firsts = [json.loads((d / "provenance.json").read_text()) for d in run_dirs]
-    provs = [*firsts, *(r for p in firsts for r in p.get("resumed", []))]  # every start, resumes too
-    seen = {
-        "command": sorted({f"`{p['command']}`" for p in provs}),
-        "git commit": sorted({f"`{p['git_commit']}`" for p in provs}),
-        "device": sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU "
-                          f"{p['device']['cpu']}" for p in firsts}),
-    }
-    return [f"- {name}{'s' if len(values) > 1 else ''}: {'; '.join(values)}" for name, values in seen.items()]
-
-
 def write_report(spec: TableSpec, cfg: RunConfig, scale: str, root: Path,
                  results: Mapping[str, Mapping[str, list[list[dict]]]], cycle_seconds: float,
                  rewind_step: int, run_dirs: Sequence[Path]) -> str:
@@ -186,7 +171,7 @@ def write_report(spec: TableSpec, cfg: RunConfig, scale: str, root: Path,
         f"{cfg.lr * cfg.lr_gamma ** len(cfg.lr_drops):.4g} (Renda et al. 2020); oneshot prunes once "
         "to the sparsest level, so only that column has its accuracy.",
         "",
-        *provenance_lines(run_dirs),
+        *records.provenance_lines(records.read_provenance(run_dirs)),
         f"- measured wall time per cycle (training and evaluation, median over cycles run): {cycle_seconds:.0f} s",
         "",
     ])

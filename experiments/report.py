@@ -416,18 +416,10 @@ def accuracy_table(parts: Mapping[str, Mapping[str, Arm]]) -> str:
 
 
 def provenance_lines(parts: Mapping[str, Mapping[str, Arm]]) -> list[str]:
-    """Commands, commits, devices and total training wall time of every run read."""
+    """Commands, commits, devices (``records.provenance_lines``) and total training wall time of every run read."""
     provs = [p for arms in parts.values() for arm in arms.values() for p in arm.provenance]
-    commits = sorted({p["git_commit"] for p in provs} | {r["git_commit"] for p in provs for r in p.get("resumed", [])})
-    commits = [c[:12] + ("+dirty" if c.endswith("+dirty") else "") for c in commits]
-    devices = sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU {p['device']['cpu']}, "
-                      f"{p['device']['cpu_cores']} cores" for p in provs})
-    commands = sorted({p["command"] for p in provs})
     wall = sum(arm.wall_s for arms in parts.values() for arm in arms.values())
-    return [f"- commands: {'; '.join(f'`{c}`' for c in commands) or 'n/a'}",
-            f"- git commits: {', '.join(f'`{c}`' for c in commits) or 'n/a'}",
-            f"- machines: {'; '.join(devices) or 'n/a'}",
-            f"- total training wall time, every run: {wall / 3600:.2f} h"]
+    return [*records.provenance_lines(provs), f"- total training wall time, every run: {wall / 3600:.2f} h"]
 
 
 @dataclasses.dataclass(frozen=True)

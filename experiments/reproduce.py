@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ap_jax import config, conv, cycle, feeds, fetch, official, parallel
 from ap_jax.config import RunConfig
 from experiments import guard
-from experiments.compare_ap import DATA_NOTE, add_run_options, check_fits, run_options
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
 
 if TYPE_CHECKING:  # experiments.report imports matplotlib: only once there is something to report
     from experiments.report import Scale
