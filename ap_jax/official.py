@@ -73,7 +73,7 @@ def prune_function(cfg: Any) -> PruneFunction:
     """The prune a run's config asks for, ``(mask, trained, cycle_start, rate, ap_rate, key) ->
     ap.PruneResult``: the paper's exact counts, or the official code's threshold rule."""
     if cfg.prune_rule == "official":
-        return lambda mask, trained, start, rate, ap_rate, key: threshold_prune_result(
+        return lambda mask, trained, start, rate, ap_rate, key: threshold_prune(
             mask, trained, start, rate, ap_rate, cfg.mask_bn_scale, cfg.duplicated_pool, cfg.ap_variant, key)
     return lambda mask, trained, start, rate, ap_rate, key: ap.ap_prune_result(
         mask, trained, start, rate=rate, ap_rate=ap_rate, scope=cfg.scope, variant=cfg.ap_variant, key=key,
@@ -157,31 +157,15 @@ def threshold_prune(
     duplicated_pool: bool = True,
     variant: str = "ap",
     key: jax.Array | None = None,
-) -> PyTree:
-    """One X-then-AP step by the official code's threshold rules (see the module doc).
+) -> ap.PruneResult:
+    """One X-then-AP step by the official code's threshold rules (see docs/official.md).
 
     X: ``t = np.percentile(|pool|, 100 (rate - ap_rate))`` over the alive prunable weights, prune
     ``|w| < t``. AP (skipped when ``ap_rate == 0``): ``k = int(len(pool) * ap_rate)`` from X's
     pool, ``tau = sort(scores of the alive candidates, pool-weighted)[k]``, prune the alive
-    candidates with ``score <= tau``. Scores are ``ap.variant_scores(variant, ...)``.
-    ``threshold_prune_result`` gives the same step with what X and AP each took.
+    candidates with ``score <= tau``. Scores are ``ap.variant_scores(variant, ...)``. Returns the
+    masks after X and after AP, and AP's budget, the code's k (it takes k + 1).
     """
-    return threshold_prune_result(mask, params, params_ref, rate, ap_rate, mask_bn_scale, duplicated_pool,
-                                  variant, key).mask
-
-
-def threshold_prune_result(
-    mask: PyTree,
-    params: PyTree,
-    params_ref: PyTree,
-    rate: float = 0.2,
-    ap_rate: float = 0.02,
-    mask_bn_scale: bool = True,
-    duplicated_pool: bool = True,
-    variant: str = "ap",
-    key: jax.Array | None = None,
-) -> ap.PruneResult:
-    """``threshold_prune`` as an ``ap.PruneResult``; AP's budget is the code's k (it takes k + 1)."""
     ap.check_variant(variant)
     masks.check_match(params, mask)
     masks.check_match(params_ref, mask)

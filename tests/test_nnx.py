@@ -127,7 +127,7 @@ def test_masks_and_ap_picks_are_identical(twins, mask_bn_scale):
         mask = ap.ap_prune(masks.init(params), trained, params, rate=0.3, ap_rate=0.1, mask_bn_scale=mask_bn_scale)
         mask = ap.ap_prune(mask, perturbed(trained, 5, 0.1), trained, rate=0.3, ap_rate=0.1,
                            mask_bn_scale=mask_bn_scale)
-        official_mask = official.threshold_prune(mask, trained, params, mask_bn_scale=mask_bn_scale)
+        official_mask = official.threshold_prune(mask, trained, params, mask_bn_scale=mask_bn_scale).mask
         outs.append((mask, official_mask, masks.apply(trained, mask), masks.layer_sparsity(mask)))
     for a, b in zip(*outs):
         assert_same(a, b)

@@ -121,7 +121,8 @@ def test_threshold_prune_matches_the_official_loops(seed, duplicate):
     weights = masks.pytorch_weights(params)
     mask = jax.tree_util.tree_map(lambda w, is_weight: w != 0 if is_weight else jnp.ones_like(w, bool),
                                   params, weights)
-    got = official.threshold_prune(mask, params, ref, 0.2, 0.02, mask_bn_scale=True, duplicated_pool=duplicate)
+    got = official.threshold_prune(mask, params, ref, 0.2, 0.02, mask_bn_scale=True,
+                                   duplicated_pool=duplicate).mask
     weights = [n for n, _ in TORCH_ORDER if "weight" in n]
     for name, expected in zip(weights, want):
         module, leaf = flax_path(name)
@@ -151,10 +152,10 @@ def test_short_ap_supply_prunes_every_candidate_with_a_warning_and_zero_rate_ski
     ref = {"d": {"kernel": jnp.zeros((2, 5))}}
     mask = {"d": {"kernel": jnp.ones((2, 5), bool)}}
     with pytest.warns(UserWarning, match="AP needs 5 candidate"):
-        got = official.threshold_prune(mask, params, ref, 0.6, 0.4, duplicated_pool=False)
+        got = official.threshold_prune(mask, params, ref, 0.6, 0.4, duplicated_pool=False).mask
     # X: |w| < percentile 20 of 1,1,2,2,..,5,5 (= 1.8) removes the 1s; AP: k = 4, only two -4s exist
     assert np.array_equal(np.asarray(got["d"]["kernel"][0]), [False, True, True, False, True])
-    alone = official.threshold_prune(mask, params, ref, 0.6, 0.0, duplicated_pool=False)
+    alone = official.threshold_prune(mask, params, ref, 0.6, 0.0, duplicated_pool=False).mask
     # X alone: percentile 60 (= 3.4) removes 1, 2, 3
     assert np.array_equal(np.asarray(alone["d"]["kernel"][0]), [False, False, False, True, True])
 
