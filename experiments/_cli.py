@@ -5,9 +5,12 @@ does."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Iterable
 
-from ap_jax import config, cycle, parallel
+from ap_jax import config, conv, cycle, fetch, parallel
 from ap_jax.config import RunConfig
+from experiments import guard
 
 DATA_NOTE = (
     "Data: the offline CIFAR-10 copy rebuilt from JPEG files (quality 75), so accuracies run "
@@ -47,3 +50,21 @@ def check_fits(cfg: RunConfig, num_train: int, devices: int) -> str | None:
     except ValueError as err:
         return str(err)
     return None
+
+
+def check_study_flags(args: argparse.Namespace) -> None:
+    """A study's path flags and seeds, checked before its configs are built (``ValueError``)."""
+    for flag in ("--out", "--data-dir", "--report-path"):
+        guard.check_path_text(getattr(args, flag[2:].replace("-", "_")), flag)
+    config.check_seeds(args.seeds)
+
+
+def prepare_study(args: argparse.Namespace, out: Path, datasets: Iterable[str]) -> None:
+    """Everything a study checks or makes before its runs: the conv path, a writable ``out`` and
+    report path, the study folder (unless only reporting) and the data (``--download``)."""
+    conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
+    guard.check_out(out)
+    guard.check_file_target(Path(args.report_path), "--report-path")  # written last: known writable now
+    if not args.report:
+        guard.make_dir(out)
+    fetch.prepare_if_asked(args, set(datasets))

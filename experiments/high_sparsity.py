@@ -31,10 +31,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ap_jax import config, conv, cycle, feeds, fetch, parallel
+from ap_jax import cycle, feeds, fetch, parallel
 from ap_jax.config import RunConfig
 from experiments import guard
-from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, check_study_flags, prepare_study, run_options
 from experiments.reproduce import Job, parse_overrides
 
 NAME = "high_sparsity"
@@ -102,18 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        for flag in ("--out", "--data-dir", "--report-path"):
-            guard.check_path_text(getattr(args, flag[2:].replace("-", "_")), flag)
-        config.check_seeds(args.seeds)
+        check_study_flags(args)
         overrides = parse_overrides(args.set)
         jobs = jobs_for(args.seeds, overrides)
         devices = parallel.devices_from_args(args)
-        conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
-        guard.check_out(out)
-        guard.check_file_target(Path(args.report_path), "--report-path")
-        if not args.report:
-            guard.make_dir(out)
-        fetch.prepare_if_asked(args, {BASE.dataset})
+        prepare_study(args, out, [BASE.dataset])
     except ValueError as err:
         parser.error(str(err))
     except OSError as err:  # a path that cannot be looked at (no permission, a name too long)

@@ -29,10 +29,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ap_jax import config, conv, cycle, feeds, fetch, official, parallel
+from ap_jax import config, cycle, feeds, fetch, official, parallel
 from ap_jax.config import RunConfig
 from experiments import guard
-from experiments._cli import DATA_NOTE, add_run_options, check_fits, run_options
+from experiments._cli import DATA_NOTE, add_run_options, check_fits, check_study_flags, prepare_study, run_options
 
 if TYPE_CHECKING:  # experiments.report imports matplotlib: only once there is something to report
     from experiments.report import Scale
@@ -285,21 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
-        for flag in ("--out", "--data-dir", "--report-path"):
-            guard.check_path_text(getattr(args, flag[2:].replace("-", "_")), flag)
-        config.check_seeds(args.seeds)
+        check_study_flags(args)
         overrides = parse_overrides(args.set)
         jobs = grid(args.parts, args.seeds, overrides, args.arms)
         if problem := next(filter(None, (cycle.check_rewind_step(j.cfg, j.cfg.train_size or TRAIN_EXAMPLES)
                                          for j in jobs)), None):
             raise ValueError(problem.replace("--rewind-step ", "--set rewind_step="))
         devices = parallel.devices_from_args(args)
-        conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
-        guard.check_out(out)
-        guard.check_file_target(Path(args.report_path), "--report-path")  # written last: known writable now
-        if not args.report:
-            guard.make_dir(out)
-        fetch.prepare_if_asked(args, {job.cfg.dataset for job in jobs})
+        prepare_study(args, out, (job.cfg.dataset for job in jobs))
     except ValueError as err:
         parser.error(str(err))
     except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
