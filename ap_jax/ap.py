@@ -10,7 +10,7 @@ and lowers the dead neuron rate.
 Differences from the official code (``resnet_20.py``), by design: AP prunes exactly
 ``round(ap_rate * N)`` weights (the code's ``<= sort(s)[k]`` takes k+1 and crashes when fewer
 than k+1 negatives are alive); the pool holds each prunable weight once (the code duplicates BN
-scales and fc weights); BN scales are not prunable by default (``mask_bn_scale=True`` makes them
+scales and fc weights); BN scales are not prunable (``official.ap_prune_with_scales`` makes them
 so). The official rules themselves are in ``ap_jax.official``.
 
 Ablation and substitution variants (paper §4; ``ap_prune(..., variant=...)``, ``--ap-variant``).
@@ -138,7 +138,6 @@ def ap_prune(
     scope: str = "global",
     variant: str = "ap",
     key: jax.Array | None = None,
-    mask_bn_scale: bool = False,
 ) -> PyTree:
     """One X-then-AP pruning step (Algorithm 2 with Algorithm 1 as the AP metric).
 
@@ -149,12 +148,10 @@ def ap_prune(
     is emitted (eager calls only). ``rate`` and ``ap_rate`` may be traced scalars.
 
     ``variant`` (static under ``jit``) swaps AP's score for an ablation or substitution from
-    ``AP_VARIANTS``; ``key`` is the PRNG key ``"negative_random"`` needs. ``mask_bn_scale`` makes
-    the leaves named ``scale`` (BatchNorm gamma) prunable too, as the official code does.
+    ``AP_VARIANTS``; ``key`` is the PRNG key ``"negative_random"`` needs.
     ``ap_prune_result`` gives the same step with what X and AP each took.
     """
-    return ap_prune_result(mask, params, params_ref, rate, ap_rate, base_scores, scope, variant, key,
-                           mask_bn_scale).mask
+    return ap_prune_result(mask, params, params_ref, rate, ap_rate, base_scores, scope, variant, key).mask
 
 
 def ap_prune_result(
@@ -167,16 +164,8 @@ def ap_prune_result(
     scope: str = "global",
     variant: str = "ap",
     key: jax.Array | None = None,
-    mask_bn_scale: bool = False,
 ) -> PruneResult:
     """``ap_prune`` returning a ``PruneResult``: X's mask, the final mask and AP's budget."""
-    if mask_bn_scale:
-        view = masks.scales_as_kernels
-        base = None if base_scores is None else view(base_scores)
-        result = ap_prune_result(view(mask), view(params), view(params_ref), rate, ap_rate, base, scope,
-                                 variant, key)
-        return PruneResult(masks.restore_shapes(result.after_x, mask), masks.restore_shapes(result.mask, mask),
-                           result.ap_budget)
     _check_rates(rate, ap_rate)
     check_variant(variant)
     masks.check_match(params, mask)
@@ -204,7 +193,7 @@ def prune_record(before: PyTree, result: PruneResult) -> dict[str, Any]:
     shortfall (budget not met for want of candidates) and AP's picks per prunable leaf.
 
     ``before`` and ``result``'s masks are counted by their prunable (``ndim >= 2``) leaves: pass
-    ``masks.scales_as_kernels`` views of all three to count BatchNorm scales too.
+    ``official.scales_as_kernels`` views of all three to count BatchNorm scales too.
     """
     def alive(mask: PyTree) -> dict[str, int]:
         return {name: int(np.sum(leaf)) for name, leaf in masks.prunable_leaves(mask)}

@@ -26,14 +26,16 @@ import hashlib
 import json
 from typing import Any, Callable, Sequence
 
-from ap_jax import ap, methods, models, official
-from ap_jax.data import DATASETS
+from ap_jax import ap, methods, models
+from ap_jax.catalog import DATASETS, IMAGE_SIZE, STREAMED
 from ap_jax.domains import INT32_MAX, Choice, Domain, Flag, Needs, Number, Shares, integer, real
 from ap_jax.prune import SCOPES
-from ap_jax.stream import IMAGE_SIZE, STREAMED
-from ap_jax.train import LR_SCHEDULES
 
 FINETUNE_LR = 1e-3  # finetune_lr's default, the only value other methods accept
+# The choices of the official code's switches (ap_jax.official says what each does).
+INITS = ("model", "xavier")
+LR_SCHEDULES = ("step", "official")
+PRUNE_RULES = ("paper", "official")
 SEED = integer(0, 2**32 - 1)  # jax's threefry keys take 32-bit seeds: larger ones would collide
 
 
@@ -121,14 +123,14 @@ class RunConfig:
     # The official AP code's quirks, one switch each (ap_jax.official; official.preset sets all).
     init: str = _field("model", "initial weights: the model's own initializers, or the official code's "
                        "xavier (Xavier-normal kernels, BN gamma ~ N(1, 0.02), dense bias ~ N(0, 1))",
-                       Choice(official.INITS), added=True)
+                       Choice(INITS), added=True)
     lr_schedule: str = _field("step", "LR schedule: step (warm-up, then drops at shares of the steps) or "
                               "official (the AP code's; see ap_jax.train.official_lr_schedule)",
                               Choice(LR_SCHEDULES), added=True)
     mask_bn_scale: bool = _field(False, "BatchNorm scales are prunable too (official code)", Flag(), added=True)
     prune_rule: str = _field("paper", "paper: exact counts, k smallest; official: X by |w| < percentile, "
                              "AP k = floor(q * pool) and score <= sort[k] (k+1 weights)",
-                             Choice(official.PRUNE_RULES), added=True, needs=[
+                             Choice(PRUNE_RULES), added=True, needs=[
                                  Needs(lambda c: c.prune_rule == "paper" or c.scope == "global",
                                        "--prune-rule official prunes globally, got --scope {scope}")])
     duplicated_pool: bool = _field(False, "official rule's pool re-appends a weight tensor for every bias "
@@ -170,12 +172,29 @@ class RunConfig:
         """Training epochs of cycle ``cycle``: ``dense_epochs`` for cycle 0 when set, else ``epochs``."""
         return self.dense_epochs if cycle == 0 and self.dense_epochs else self.epochs
 
-    def optim(self):
-        """The optimizer part of the config as a ``train.OptimConfig``."""
-        from ap_jax.train import OptimConfig
+    def optim(self) -> "OptimConfig":
+        """The optimizer part of the config (``OPTIM_FIELDS``) as an ``OptimConfig``."""
+        return OptimConfig(**{name: getattr(self, name) for name in OPTIM_FIELDS})
 
-        names = {f.name for f in dataclasses.fields(OptimConfig)}
-        return OptimConfig(**{k: v for k, v in dataclasses.asdict(self).items() if k in names})
+
+# The optimizer's fields: SGD with momentum, coupled (PyTorch-style) weight decay, the LR schedule.
+OPTIM_FIELDS = ("lr", "momentum", "weight_decay", "decay_all", "lr_drops", "lr_gamma", "warmup_steps",
+                "lr_schedule")
+
+
+def _section(name: str, fields: Sequence[str], doc: str) -> type:
+    """A frozen dataclass of some ``RunConfig`` fields, with their types and defaults: one concern
+    of the config as an object of its own, its fields declared once (in ``RunConfig``)."""
+    declared = {f.name: f for f in dataclasses.fields(RunConfig)}
+    section = dataclasses.make_dataclass(
+        name, [(f, declared[f].type, dataclasses.field(default=declared[f].default)) for f in fields],
+        frozen=True)
+    section.__module__, section.__doc__ = __name__, doc
+    return section
+
+
+OptimConfig = _section("OptimConfig", OPTIM_FIELDS, "SGD with momentum, coupled (PyTorch-style) weight decay, "
+                       "step-decay LR with warm-up (``ap_jax.train``); fields and defaults as in ``RunConfig``.")
 
 
 class WrongType(ValueError):

@@ -9,16 +9,12 @@ fine-tuning: the trained survivors) and its LR schedule (the whole one again, or
 constant LR). So cycle c trains and reports the network at ``(1 - rate)^c`` remaining weights.
 One-shot pruning trains two cycles: the dense one, and one at ``(1 - rate)^cycles`` remaining.
 
-Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``) and one per
-cycle (``kind="cycle"``), each with the remaining share, test accuracy (null on the epochs
-``--eval-every`` skips; a cycle's last epoch always has it), DNR overall and per ReLU site (over
-units, and its per-channel variant over whole feature maps), and wall seconds; and one per prune
-(``kind="prune"``, numbered by the cycle it gives its mask): how many weights X took, AP's
-budget, how many AP took (a shortfall when too few candidates were alive) and per layer, and the
-DNR of the trained network right after the prune, before retraining. The
-DNR is measured after every epoch with BatchNorm in eval mode on the first ``dnr_size`` training
-examples as stored (a fixed, class-mixed, unaugmented subset), so the
-curve over epochs and cycles is measured on the same inputs throughout.
+Rows go to ``metrics.jsonl`` as they are produced: one per epoch (``kind="epoch"``), one per
+cycle (``kind="cycle"``) and one per prune (``kind="prune"``, numbered by the cycle it gives its
+mask); ``ap_jax.measure`` says what each measures (test accuracy, the DNR on a fixed training
+subset, what X and AP took). Read top to bottom: ``run`` checks the directory
+(``ap_jax.run_dir``), ``_Run.run`` goes over the cycles, each ``train_cycle`` then
+``prune_and_reset`` (``next_cycle_start`` says what the next cycle starts from).
 
 The data is CIFAR on the device or ImageNet streamed from the host (``ap_jax.stream``); the run
 sees either through an ``ap_jax.feeds.Feed`` (training epochs, test accuracy, DNR inputs), so
@@ -34,29 +30,30 @@ stops the run (``NonFiniteLoss``, naming cycle, epoch and step) with the last go
 kept, unless ``RunOptions.skip_nonfinite`` skips such batches (counted in ``skipped_steps``).
 
 The official AP code's quirks (``init``, ``lr_schedule``, ``mask_bn_scale``, ``prune_rule``,
-``duplicated_pool``, ``reinit``, ``reapply_mask``) are config switches; ``ap_jax.official`` says
-what each does, how its two training phases per cycle map onto our one, and gives the preset.
+``duplicated_pool``, ``reinit``, ``reapply_mask``) are config switches that this driver never
+tests: it asks ``ap_jax.official`` for the prune, the step factory, the reset rule, the init and
+how masks are counted (``docs/official.md``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import json
 import time
-import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, NamedTuple
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 from tqdm.auto import tqdm
 
-from ap_jax import ap, checkpoint, config, feeds, masks, methods, models, official, parallel, records, train
+from ap_jax import ap, checkpoint, feeds, masks, measure, methods, official, parallel, records, train, trainers
 from ap_jax.config import RunConfig
+from ap_jax.measure import evaluate, tests_after  # noqa: F401  (importable from here too)
+from ap_jax.run_dir import (  # noqa: F401  (the run-directory names, importable from here too)
+    LOCK_FILE, PRUNE_ONLY, RunDirError, RunRecord, arm_folder, arm_run_dir, can_share_dense, check_dense_from,
+    check_run_dir, dense_cycle_ready, dense_position, exclusive, is_complete, write_run_files,
+)
+from ap_jax.trainers import build_model  # noqa: F401  (importable from here too)
 
 PyTree = Any
 Row = dict[str, Any]
@@ -64,9 +61,6 @@ Row = dict[str, Any]
 # init and training keys, and with partitionable threefry ``split(k)[i] == fold_in(k, i)``.
 REINIT_STREAM = 2  # the fresh inits of ``reinit``
 PRUNE_STREAM = 3  # pruning draws (the random AP variant), independent of every training draw
-# Fields that act only when a cycle's training ends (at the prune), so runs that differ in them
-# alone train the same dense cycle 0, bit for bit, and one may take it from the other.
-PRUNE_ONLY = ("ap_rate", "ap_variant", "ap_start_cycle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,29 +74,8 @@ class RunOptions:
     dense_from: Path | None = None  # a run of this config up to PRUNE_ONLY fields: take its cycle 0
 
 
-def arm_folder(arm: str) -> str:
-    """An arm's label as a folder name, ``+`` spelled ``_`` (``lth+AP`` -> ``lth_AP``)."""
-    return arm.replace("+", "_")
-
-
-def arm_run_dir(root: Path, arm: str, seed: int) -> Path:
-    """``root/<arm folder>/seed_<seed>``: where the experiments keep one seed of one arm."""
-    return root / arm_folder(arm) / f"seed_{seed}"
-
-
-class RunDirError(ValueError):
-    """A run directory that belongs to another config or lost rows; the message is one line."""
-
-
 class NonFiniteLoss(RuntimeError):
     """A NaN or inf training loss; the message names cycle, epoch and step."""
-
-
-def build_model(cfg: RunConfig, num_classes: int) -> nn.Module:
-    """The configured network (the shortcut option applies to the CIFAR ResNets only)."""
-    cifar_resnet = cfg.model.startswith("resnet") and cfg.model != "resnet50"
-    options = {"shortcut": cfg.shortcut} if cifar_resnet else {}
-    return models.get(cfg.model, num_classes=num_classes, **options)
 
 
 def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTree, cycle: int) -> ap.PruneResult:
@@ -118,139 +91,42 @@ def prune_step(cfg: RunConfig, mask: PyTree, trained: PyTree, cycle_start: PyTre
     return official.prune_function(cfg)(mask, trained, cycle_start, rate, ap_rate, key)
 
 
-def evaluate(steps: train.Steps, state: train.TrainState, feed: feeds.Feed, cfg: RunConfig,
-             test: bool = True) -> dict[str, Any]:
-    """Test accuracy (every test example; None when not ``test``) and DNR on the fixed training subset."""
-    dnr = train.dead_neuron_rate(steps, state, feed.dnr_inputs, cfg.eval_batch_size)
-    return {
-        "test_accuracy": feed.accuracy(steps, state, cfg.eval_batch_size) if test else None,
-        "dnr": dnr["overall"],
-        "dnr_per_layer": dnr["per_layer"],
-        "dnr_channel": dnr["overall_channel"],
-        "dnr_channel_per_layer": dnr["per_layer_channel"],
-    }
-
-
-def tests_after(cfg: RunConfig, cycle: int, epoch: int) -> bool:
-    """Whether test accuracy is measured after ``epoch`` (0-based) of ``cycle``: every
-    ``eval_every``-th epoch and the cycle's last."""
-    return (epoch + 1) % cfg.eval_every == 0 or epoch == cfg.cycle_epochs(cycle) - 1
-
-
-def is_complete(rows: list[dict[str, Any]], cfg: RunConfig) -> bool:
-    """True when ``rows`` hold a cycle row for every cycle of ``cfg``."""
-    last = methods.last_cycle(methods.get(cfg.method), cfg.cycles)
-    return [r["cycle"] for r in records.cycle_rows(rows)] == list(range(last + 1))
-
-
 def check_rewind_step(cfg: RunConfig, num_train: int) -> str | None:
     """Why ``cfg.rewind_step`` is not a step of a cycle on ``num_train`` examples, or None."""
     steps_per_cycle = cfg.cycle_epochs(0) * (num_train // cfg.batch_size)
     return methods.rewind_problem(methods.get(cfg.method), cfg.rewind_step, steps_per_cycle)
 
 
-def _read_json_object(path: Path, what: str, fix: str) -> dict:
-    """The JSON object stored in ``path``, or ``RunDirError`` saying it is not ``what`` and the ``fix``."""
-    try:
-        stored = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        reason = f"not valid JSON: {err}"
-    except OSError as err:  # e.g. a directory where the file should be
-        reason = f"cannot be read: {err.strerror or err}"
-    else:
-        if isinstance(stored, dict):
-            return stored
-        reason = f"a JSON {type(stored).__name__}"
-    raise RunDirError(f"{path} is not {what}: {reason}; {fix}")
+def next_cycle_start(method: methods.Method, reset: official.Reset, cycle: int, theta0: PyTree,
+                     trained: train.TrainState, rewind: PyTree | None) -> tuple[PyTree, Any]:
+    """``(variables, opt_state)`` pruned cycle ``cycle`` starts from, before its mask: the base
+    method's choice of theta_0, the ``rewind`` point or the trained survivors, through the
+    ``reset`` rule (official code: a fresh init, carried momentum); ``opt_state`` None is a fresh one."""
+    end = {"params": trained.params, "batch_stats": trained.batch_stats}
+    return reset(methods.next_start(method, theta0, end, rewind), trained, cycle)
 
 
-LOCK_FILE = ".lock"
+def epochs_before(cfg: RunConfig, cycle: int) -> int:
+    """Training epochs of every cycle before ``cycle`` (checkpoints count epochs over the run)."""
+    return sum(cfg.cycle_epochs(c) for c in range(cycle))
 
 
-@contextlib.contextmanager
-def exclusive(run_dir: Path) -> Iterator[None]:
-    """Hold ``run_dir`` for this process alone, or raise ``RunDirError`` if another holds it.
-
-    Two processes on one run directory (the same command launched twice) would interleave rows and
-    checkpoints. The lock is an ``flock`` on ``run_dir/.lock``, taken by the main process only (the
-    one that writes rows) and released by the kernel however the process ends. A file system
-    without locks runs the directory unguarded, with a warning.
-    """
-    if not parallel.is_main_process():
-        yield
-        return
-    with open(run_dir / LOCK_FILE, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirError(f"{run_dir} is in use by another process (the same run started twice?); "
-                              "let that one finish or stop it, then rerun") from None
-        except OSError as err:
-            warnings.warn(f"cannot lock {run_dir} ({err.strerror or err}): nothing stops a second process "
-                          "from writing the same run", RuntimeWarning, stacklevel=3)
-        yield
+def last_epoch_done(cfg: RunConfig, epochs_done: int) -> tuple[int, int]:
+    """``(cycle, epoch)`` of the run's ``epochs_done``-th epoch (counted from 1)."""
+    cycle = 0
+    while epochs_before(cfg, cycle + 1) < epochs_done:
+        cycle += 1
+    return cycle, epochs_done - 1 - epochs_before(cfg, cycle)
 
 
-def check_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Raise ``RunDirError`` if ``run_dir`` holds a run of a config other than ``cfg``."""
-    path = run_dir / "config.json"
-    if not path.exists():
-        return
-    stored = _read_json_object(path, "a config (a JSON object of fields)",
-                               f"delete {run_dir} to start that run again")
-    if diffs := config.differences(stored, cfg):
-        raise RunDirError(f"{run_dir} holds a run of another config ({'; '.join(diffs)}, stored vs "
-                          "given); pass the flags it was run with, or another --out")
+class Resume(NamedTuple):
+    """Where a run goes on: epoch ``epoch`` of cycle ``cycle`` from ``state``, the cycle having
+    started from the variables ``start`` (AP's W_0)."""
 
-
-def can_share_dense(cfg: RunConfig) -> bool:
-    """Whether a run of ``cfg`` needs nothing of its dense cycle but the end weights (no rewind
-    point, no carried momentum), so it may take that cycle from a paired run."""
-    return methods.get(cfg.method).start_from != "rewind" and cfg.reapply_mask
-
-
-def check_dense_from(source: Path, cfg: RunConfig) -> None:
-    """Raise ``RunDirError`` unless ``source`` finished cycle 0 of ``cfg`` up to ``PRUNE_ONLY``
-    fields, and ``cfg`` needs nothing of cycle 0 but its end (no rewind point, no momentum)."""
-    if not can_share_dense(cfg):
-        raise RunDirError("a dense cycle can be shared only when the next cycle needs nothing but its "
-                          "end weights: not with --method lth_rewind or --reapply-mask false")
-    stored = _read_json_object(source / "config.json", "a config (a JSON object of fields)",
-                               "pass a finished run directory as the dense run")
-    diffs = config.differences({**stored, **{k: getattr(cfg, k) for k in PRUNE_ONLY}}, cfg)
-    if diffs:
-        raise RunDirError(f"{source} trained another dense cycle ({'; '.join(diffs)}, stored vs given); "
-                          f"only {', '.join(PRUNE_ONLY)} may differ")
-    if not dense_cycle_ready(source):
-        raise RunDirError(f"{source} has not finished its dense cycle 0; run it first")
-
-
-def dense_cycle_ready(source: Path) -> bool:
-    """Whether ``source`` holds a finished dense cycle 0: its row and its saved variables."""
-    rows = records.read_rows(source / "metrics.jsonl")
-    return any(r["cycle"] == 0 and r["kind"] == "cycle" for r in rows) and (source / "cycles" / "0").is_dir()
-
-
-def _write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None,
-                     restarted: bool = False, dense_from: Path | None = None) -> None:
-    """config.json, and provenance.json: on a resume the new start is added under ``resumed``; on a
-    restart from the first epoch (rows but no checkpoint) it becomes the record, and the earlier
-    starts, which produced none of the rows now written, go under ``abandoned``."""
-    records.write_json(run_dir / "config.json", cfg.to_dict())
-    mesh = parallel.describe(parallel.make_mesh(devices))
-    extra = {} if dense_from is None else {"dense_cycle_from": str(dense_from)}
-    path, now = run_dir / "provenance.json", records.provenance(cfg.seed, label=label, mesh=mesh, **extra)
-    if path.exists():
-        first = _read_json_object(path, "a provenance record (a JSON object)", "restore it, or delete it "
-                                  "to go on with a new one (the run's rows and checkpoints are kept)")
-        start = {k: now[k] for k in ("command", "git_commit", "started")}
-        if restarted:
-            earlier = [{k: first.get(k) for k in start}, *first.get("resumed", [])]
-            now["abandoned"] = [*first.get("abandoned", []), *earlier]
-        else:
-            first.setdefault("resumed", []).append(start)
-            now = first
-    records.write_json(path, now)
+    cycle: int
+    epoch: int
+    state: train.TrainState
+    start: PyTree
 
 
 def _variables(state: train.TrainState) -> PyTree:
@@ -265,114 +141,53 @@ class _Run:
                  options: RunOptions):
         self.cfg, self.options, self.label = cfg, options, label
         self.mesh = parallel.make_mesh(options.devices)
-        feed = self.feed = feeds.make_feed(dataset, cfg, self.mesh)
-        self.metrics_path = run_dir / "metrics.jsonl"
+        self.feed = feeds.make_feed(dataset, cfg, self.mesh)
         self.method = methods.get(cfg.method)
         self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints,
                                                rewind=self.method.start_from == "rewind")
-        model = self.model = build_model(cfg, feed.num_classes)
+        self.record = RunRecord(run_dir, self.store)
+        self.network = trainers.Network.of(cfg, self.feed)
         init_key, self.key = jax.random.split(jax.random.key(cfg.seed))
-        self.sample = jnp.zeros((1, *feed.image_shape), jnp.float32)
-        self.theta0 = self.store.init_variables(self.initial_variables(init_key))
-        self.steps_per_epoch = feed.num_train // cfg.batch_size
+        self.theta0 = self.store.init_variables(self.network.initial_variables(init_key))
+        self.steps_per_epoch = self.feed.num_train // cfg.batch_size
         self.last_cycle = methods.last_cycle(self.method, cfg.cycles)
-        used = {self.schedule_key(c) for c in range(self.last_cycle + 1)}
-        # (tx, steps) per LR schedule some cycle uses, so a second compile happens only if needed
-        self.trainers = {key: self._trainer(model, feed, self.schedule(*key)) for key in sorted(used)}
+        self.trainers = trainers.build_trainers(cfg, self.method, self.network, self.feed, self.mesh,
+                                                self.theta0["params"], options.skip_nonfinite)
         self.steps = self.trainer(0)[1]  # cycle 0's steps evaluate every cycle
+        self.reset = official.reset_rule(cfg, self.fresh_init)
         self.rewind: PyTree | None = None  # the dense run's variables at step rewind_step, once reached
-        self.rows: list[Row] = []
         self.started = time.perf_counter()
 
-    def initial_variables(self, key: jax.Array) -> PyTree:
-        """``{"params", "batch_stats"}`` drawn from ``key`` by the configured ``init``."""
-        variables = self.model.init(key, self.sample, train=False)
-        params = variables["params"]
-        if self.cfg.init == "xavier":
-            params = official.xavier_init(params, key)
-        return {"params": params, "batch_stats": variables.get("batch_stats", {})}
-
-    def _trainer(self, model: nn.Module, feed: feeds.Feed, schedule: optax.Schedule):
-        """The optimizer with LR ``schedule`` and its compiled steps (augmenting only for on-device data)."""
-        tx = train.optimizer(self.cfg.optim(), schedule, self.theta0["params"])
-        return tx, train.make_steps(model, tx, feed.mean, feed.std, augment=feed.augment_on_device,
-                                    skip_nonfinite=self.options.skip_nonfinite, mesh=self.mesh,
-                                    reapply_mask=self.cfg.reapply_mask)
-
-    def schedule_key(self, cycle: int) -> tuple[str, int]:
-        """Cycle ``cycle``'s LR schedule: its method's kind and the cycle's length in epochs."""
-        return methods.schedule_of(self.method, cycle), self.cfg.cycle_epochs(cycle)
-
-    def schedule(self, kind: str, epochs: int) -> optax.Schedule:
-        """The whole LR schedule over ``epochs`` epochs (``"replay"``), or fine-tuning's constant LR."""
-        if kind == "constant":
-            return optax.constant_schedule(self.cfg.finetune_lr)
-        return train.lr_schedule(self.cfg.optim(), epochs * self.steps_per_epoch, self.steps_per_epoch)
+    def fresh_init(self, cycle: int) -> PyTree:
+        """A new random init for cycle ``cycle`` (``reinit``), from the seed's ``REINIT_STREAM``."""
+        seed_key = jax.random.fold_in(jax.random.key(self.cfg.seed), REINIT_STREAM)
+        return self.network.initial_variables(jax.random.fold_in(seed_key, cycle))
 
     def trainer(self, cycle: int):
         """``(tx, steps)`` that cycle ``cycle`` trains with (its method's LR schedule)."""
-        return self.trainers[self.schedule_key(cycle)]
-
-    def epochs_before(self, cycle: int) -> int:
-        """Training epochs of every cycle before ``cycle`` (checkpoints count epochs over the run)."""
-        return sum(self.cfg.cycle_epochs(c) for c in range(cycle))
-
-    def last_epoch_done(self, epochs_done: int) -> tuple[int, int]:
-        """``(cycle, epoch)`` of the run's ``epochs_done``-th epoch (counted from 1)."""
-        cycle = 0
-        while self.epochs_before(cycle + 1) < epochs_done:
-            cycle += 1
-        return cycle, epochs_done - 1 - self.epochs_before(cycle)
+        return self.trainers[trainers.schedule_key(self.cfg, self.method, cycle)]
 
     def fresh(self, start: PyTree, mask: PyTree, cycle: int,
-              momentum_from: Any = None) -> tuple[train.TrainState, PyTree]:
-        """Cycle ``cycle``'s first state and a copy of its start variables (AP's W_0); with
-        ``momentum_from`` (official semantics) the optimizer state carries that momentum."""
+              opt_state: Any = None) -> tuple[train.TrainState, PyTree]:
+        """Cycle ``cycle``'s first state and a copy of its start variables (AP's W_0); ``opt_state``
+        None is a fresh optimizer state."""
         state = train.fresh_state(start["params"], start["batch_stats"], mask, self.trainer(cycle)[0],
-                                  momentum_from)
+                                  opt_state)
         return state, _variables(state)
 
-    def resume(self, rows: list[Row]) -> tuple[int, int, train.TrainState, PyTree]:
-        """``(cycle, epoch, state, cycle_start)`` to go on from; metrics.jsonl made to match."""
+    def resume(self, rows: list[Row]) -> Resume:
+        """Where to go on from the newest committed checkpoint; metrics.jsonl made to match."""
         state, start = self.fresh(self.theta0, masks.init(self.theta0["params"]), 0)
         if self.store.rewind is not None:
             self.rewind = self.store.rewind_variables(self.theta0)
-        position = self.store.restore_latest(state, start, self.key)
-        if position is None and self.options.dense_from is not None:
-            position = self.dense_position(state, start)
-            self.store.save_state(position)  # the taken cycle is this run's own: rows only after a commit
+        source, spe = self.options.dense_from, self.steps_per_epoch
+        dense = None if source is None else lambda: dense_position(source, self.cfg, state, start, self.key, spe)
+        position = self.record.restore(rows, state, start, self.key, dense)
         if position is None:
-            if rows:  # e.g. a fresh clone: metrics.jsonl is committed, checkpoints are not
-                warnings.warn(f"{self.metrics_path} has {len(rows)} rows but no checkpoint to resume them "
-                              "from: the run starts again from its first epoch", checkpoint.CheckpointWarning,
-                              stacklevel=2)
-            cycle, epoch, rows = 0, 0, []
-        else:
-            if len(rows) < position.rows_before:
-                raise RunDirError(
-                    f"{self.metrics_path} has {len(rows)} rows but checkpoint {position.epochs_done} "
-                    f"follows {position.rows_before}: rows were removed; delete "
-                    f"{self.metrics_path.parent} to start that run again")
-            rows = rows[: position.rows_before] + position.rows
-            cycle, done = self.last_epoch_done(position.epochs_done)
-            epoch, state, start, self.key = done + 1, position.state, position.cycle_start, position.key
-            self.started -= rows[-1]["wall_s"]
-        on_disk = self.metrics_path.read_text() if self.metrics_path.exists() else ""
-        if on_disk != records.to_text(rows):  # a cut-short last line, or rows past the checkpoint
-            records.write_rows(self.metrics_path, rows)
-        self.rows = rows
-        return cycle, epoch, state, start
-
-    def dense_position(self, state: train.TrainState, start: PyTree) -> checkpoint.Position:
-        """The end of cycle 0 as ``options.dense_from`` trained it, as if this run had: its cycle-0
-        rows and end variables (the optimizer state is not carried: the next cycle starts afresh)."""
-        source = self.options.dense_from
-        dense = checkpoint.read_cycle(source, 0)
-        rows = [r for r in records.read_rows(source / "metrics.jsonl") if r["cycle"] == 0]
-        end = jax.tree_util.tree_map(jnp.asarray, dense["end"])
-        trained = state.replace(params=end["params"], batch_stats=end["batch_stats"],
-                                step=jnp.asarray(self.cfg.cycle_epochs(0) * self.steps_per_epoch, state.step.dtype))
-        return checkpoint.Position(self.cfg.cycle_epochs(0), trained, start, self.key, 0, rows)
+            return Resume(0, 0, state, start)
+        self.key, self.started = position.key, self.started - self.record.rows[-1]["wall_s"]
+        cycle, done = last_epoch_done(self.cfg, position.epochs_done)
+        return Resume(cycle, done + 1, position.state, position.cycle_start)
 
     def train_epoch(self, state: train.TrainState, cycle: int, epoch: int, remaining: float):
         """Train one epoch and measure it: the new state and its ``kind="epoch"`` row."""
@@ -388,7 +203,8 @@ class _Run:
                 "the last good checkpoint is kept: lower --lr, or pass --skip-nonfinite to skip such batches")
         return state, {"kind": "epoch", "cycle": cycle, "epoch": epoch, "step": int(state.step),
                        "remaining": remaining, **fit, "skipped_steps": len(bad),
-                       **evaluate(self.steps, state, self.feed, self.cfg, tests_after(self.cfg, cycle, epoch)),
+                       **measure.evaluate(self.steps, state, self.feed, self.cfg,
+                                          measure.tests_after(self.cfg, cycle, epoch)),
                        "wall_s": time.perf_counter() - self.started}
 
     def rewind_hook(self, cycle: int, epoch: int):
@@ -407,14 +223,11 @@ class _Run:
 
     def commit(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree, pending: list[Row]) -> None:
         """Checkpoint after ``epoch`` of ``cycle``, then (and only then) append its rows."""
-        self.store.save_state(checkpoint.Position(
-            self.epochs_before(cycle) + epoch + 1, state, start, self.key, len(self.rows), pending))
-        records.append_rows(self.metrics_path, pending)
-        self.rows.extend(pending)
+        self.record.commit(epochs_before(self.cfg, cycle) + epoch + 1, state, start, self.key, pending)
 
     def counted(self, mask: PyTree) -> PyTree:
         """``mask`` as the remaining shares count it: with BatchNorm scales when they are prunable."""
-        return masks.scales_as_kernels(mask) if self.cfg.mask_bn_scale else mask
+        return official.counted_view(self.cfg)(mask)
 
     def train_cycle(self, cycle: int, epoch: int, state: train.TrainState, start: PyTree,
                     pending: list[Row]) -> train.TrainState:
@@ -426,49 +239,42 @@ class _Run:
             pending.append(row)
             last = epoch == self.cfg.cycle_epochs(cycle) - 1
             if last:
-                pending.append({**row, "kind": "cycle", "layer_remaining": {
-                    k: 1.0 - float(v) for k, v in masks.layer_sparsity(self.counted(state.mask)).items()}})
+                pending.append({**row, "kind": "cycle",
+                                "layer_remaining": measure.layer_remaining(self.counted(state.mask))})
             if last or (epoch + 1) % self.options.checkpoint_every == 0:
                 self.commit(cycle, epoch, state, start, pending)
                 pending = []
         return state
 
     def run(self, rows: list[Row]) -> list[Row]:
-        """Every cycle from where ``rows`` and the checkpoints leave off; returns all rows."""
-        cycle, epoch, state, start = self.resume(rows)
-        pending: list[Row] = []
-        for cycle in tqdm(range(cycle, self.last_cycle + 1), desc=self.label or "cycles", disable=None):
-            state = self.train_cycle(cycle, epoch, state, start, pending)
+        """Every cycle of the run; returns all rows. A cycle before the newest committed checkpoint
+        is skipped: its rows, its saved variables and the prune after it are on disk."""
+        at = self.resume(rows)
+        state, start, pending = at.state, at.start, []
+        for cycle in tqdm(range(self.last_cycle + 1), desc=self.label or "cycles", disable=None):
+            if cycle < at.cycle:
+                continue
+            state = self.train_cycle(cycle, at.epoch if cycle == at.cycle else 0, state, start, pending)
             self.store.save_cycle(cycle, state.mask, start, _variables(state))
             if cycle < self.last_cycle:
-                pruned = prune_step(self.cfg, state.mask, state.params, start["params"], cycle)
-                pending = [self.prune_row(cycle + 1, state, pruned)]
-                mask = pruned.mask
-                rewind = None if self.rewind is None else (self.rewind["params"], self.rewind["batch_stats"])
-                params, stats = methods.next_start(
-                    self.method, (self.theta0["params"], self.theta0["batch_stats"]),
-                    (state.params, state.batch_stats), rewind)
-                if self.cfg.reinit:
-                    seed_key = jax.random.fold_in(jax.random.key(self.cfg.seed), REINIT_STREAM)
-                    params = self.initial_variables(jax.random.fold_in(seed_key, cycle + 1))["params"]
-                momentum = None if self.cfg.reapply_mask else state.opt_state
-                state, start = self.fresh({"params": params, "batch_stats": stats}, mask, cycle + 1, momentum)
-                epoch = 0
-        return self.rows
+                state, start, pending = self.prune_and_reset(cycle, state, start)
+        return self.record.rows
+
+    def prune_and_reset(self, cycle: int, trained: train.TrainState,
+                        start: PyTree) -> tuple[train.TrainState, PyTree, list[Row]]:
+        """Prune after ``cycle`` and set up cycle ``cycle + 1``: its first state, its start variables
+        and the prune's row (committed with that cycle's first checkpoint)."""
+        pruned = prune_step(self.cfg, trained.mask, trained.params, start["params"], cycle)
+        row = self.prune_row(cycle + 1, trained, pruned)
+        variables, opt_state = next_cycle_start(self.method, self.reset, cycle + 1, self.theta0, trained,
+                                                self.rewind)
+        state, start = self.fresh(variables, pruned.mask, cycle + 1, opt_state)
+        return state, start, [row]
 
     def prune_row(self, cycle: int, trained: train.TrainState, pruned: ap.PruneResult) -> Row:
-        """The ``kind="prune"`` row of the prune that gives cycle ``cycle`` its mask: what X and AP
-        took (``ap.prune_record``) and the DNR of the trained network right after the prune, before
-        any retraining (BatchNorm in eval mode with the trained running statistics)."""
-        view = self.counted
-        record = ap.prune_record(view(trained.mask), ap.PruneResult(view(pruned.after_x), view(pruned.mask),
-                                                                    pruned.ap_budget))
-        just_pruned = trained.replace(params=masks.apply(trained.params, pruned.mask), mask=pruned.mask)
-        dnr = train.dead_neuron_rate(self.steps, just_pruned, self.feed.dnr_inputs, self.cfg.eval_batch_size)
-        return {"kind": "prune", "cycle": cycle, "remaining": float(masks.remaining(view(pruned.mask))),
-                **record, "dnr": dnr["overall"], "dnr_per_layer": dnr["per_layer"],
-                "wall_s": time.perf_counter() - self.started}
-
+        """The ``kind="prune"`` row of the prune that gives cycle ``cycle`` its mask (``measure.pruned``)."""
+        measures = measure.pruned(self.counted, trained, pruned, self.steps, self.feed, self.cfg)
+        return {"kind": "prune", "cycle": cycle, **measures, "wall_s": time.perf_counter() - self.started}
 
 def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "",
         options: RunOptions = RunOptions()) -> list[Row]:
@@ -502,7 +308,7 @@ def run(cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str = "
         if is_complete(rows, cfg):
             return rows
         restarted = bool(rows) and not checkpoint.has_states(run_dir)
-        _write_run_files(run_dir, cfg, label, options.devices, restarted, options.dense_from)
+        write_run_files(run_dir, cfg, label, options.devices, restarted, options.dense_from)
         driver = _Run(cfg, dataset, run_dir, label, options)
         try:
             return driver.run(rows)

@@ -22,42 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ap_jax.catalog import DATASETS, RGB, DatasetSpec  # noqa: F401  (re-exported)
+
 ENV_VAR = "AP_JAX_DATA_DIR"
 BESIDE_REPO = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FIX = (f"pass --data-dir DIR or set {ENV_VAR} to a TFDS data dir that holds it, or pass --download "
        "to fetch and prepare it with tfds")
 PAD = 4  # pixels of zero padding on each side before the random crop
-
-RGB = tuple[float, float, float]
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-    """What ``load`` needs to know about a supported TFDS dataset."""
-
-    title: str
-    version: str
-    num_classes: int
-    mean: RGB
-    std: RGB
-
-
-DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec(
-        title="CIFAR-10",
-        version="3.0.2",
-        num_classes=10,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-    ),
-    "cifar100": DatasetSpec(
-        title="CIFAR-100",
-        version="3.0.2",
-        num_classes=100,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-    ),
-}
 
 
 class DataError(ValueError):

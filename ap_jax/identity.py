@@ -18,7 +18,7 @@ from typing import Any
 from ap_jax import config
 from ap_jax.checkpoint import one_line
 from ap_jax.config import RunConfig
-from ap_jax.cycle import RunDirError
+from ap_jax.run_dir import RunDirError
 
 RUN_FILES = ("metrics.jsonl", "provenance.json")
 

@@ -61,6 +61,6 @@ def prune_cycle(mask: PyTree, params: PyTree, cycle_start: PyTree, rate: float =
 
     ``params`` are the trained weights, ``cycle_start`` the weights this cycle's training started
     from (after any rewind); X is magnitude pruning unless ``base_scores`` is given. Keywords
-    (``scope``, ``variant``, ``key``, ``mask_bn_scale``, ``base_scores``) go to ``ap.ap_prune``.
+    (``scope``, ``variant``, ``key``, ``base_scores``) go to ``ap.ap_prune``.
     """
     return ap.ap_prune(mask, params, cycle_start, rate, ap_rate, **ap_prune_kwargs)

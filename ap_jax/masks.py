@@ -3,11 +3,6 @@
 Every leaf of a mask is a full-shape bool array. Prunable leaves are the conv and dense kernels
 (``ndim >= 2``); every other leaf (biases, BatchNorm scales and offsets) is all True and stays so.
 All functions are pure and jittable.
-
-The official AP code also prunes BatchNorm scales (``resnet_20.py:152-156``).
-``scales_as_kernels`` views every leaf named ``scale`` as a ``(C, 1)`` matrix, so the
-``ndim >= 2`` rule of this module and of ``ap_jax.prune`` counts it; ``restore_shapes`` undoes
-the view.
 """
 
 from __future__ import annotations
@@ -52,7 +47,7 @@ def path_keys(path: tuple) -> tuple[str, ...]:
     """The keys of a tree path as strings, without the ``value`` attribute that wraps each leaf of
     a Flax NNX ``State`` (an ``nnx.Param``), so NNX and Linen params name a leaf alike.
 
-    Every name-based rule (``leaf_name``, BatchNorm-scale masking, the official pool and init)
+    Every name-based rule (``leaf_name``, and the official code's prunable set, pool and init)
     reads paths through this one function.
     """
     keys = [str(getattr(entry, "key", getattr(entry, "name", getattr(entry, "idx", entry)))) for entry in path]
@@ -111,25 +106,3 @@ def remaining(mask: PyTree) -> jax.Array:
 def layer_sparsity(mask: PyTree) -> dict[str, jax.Array]:
     """``{"path/to/kernel": pruned share}`` for every prunable leaf."""
     return {name: 1.0 - jnp.mean(m.astype(jnp.float32)) for name, m in prunable_leaves(mask)}
-
-
-def _is_scale(path: tuple) -> bool:
-    return leaf_key(path) == "scale"
-
-
-def scales_as_kernels(tree: PyTree) -> PyTree:
-    """``tree`` with every leaf named ``scale`` (BatchNorm/LayerNorm gamma) reshaped to ``(C, 1)``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.reshape(leaf, (-1, 1)) if _is_scale(path) else leaf, tree)
-
-
-def restore_shapes(tree: PyTree, like: PyTree) -> PyTree:
-    """``tree``'s leaves reshaped to the shapes of ``like``'s (undoes ``scales_as_kernels``)."""
-    return jax.tree_util.tree_map(lambda leaf, ref: jnp.reshape(leaf, jnp.shape(ref)), tree, like)
-
-
-def pytorch_weights(params: PyTree) -> PyTree:
-    """One Python bool per leaf: True where PyTorch would name the tensor ``weight`` (Flax
-    ``kernel`` and ``scale``), the tensors the official AP code masks and freezes by value."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: leaf_key(path) in ("kernel", "scale"), params)

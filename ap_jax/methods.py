@@ -100,14 +100,10 @@ def get(name: str) -> Method:
     return METHODS[name]
 
 
-def next_start(
-    method: Method, init: tuple[PyTree, PyTree], trained: tuple[PyTree, PyTree],
-    rewind: tuple[PyTree, PyTree] | None = None,
-) -> tuple[PyTree, PyTree]:
-    """``(params, batch_stats)`` the next cycle starts from (the mask is applied by the caller).
-
-    ``rewind`` (the dense run's variables at step k) is needed by ``start_from == "rewind"`` only.
-    """
+def next_start(method: Method, init: PyTree, trained: PyTree, rewind: PyTree | None = None) -> PyTree:
+    """The variables (params and BatchNorm statistics) the next cycle starts from, one of ``init``
+    (theta_0), ``trained`` (the cycle's end) and ``rewind`` (the dense run's variables at step k,
+    needed by ``start_from == "rewind"`` only); the mask is applied by the caller."""
     if method.start_from == "rewind":
         if rewind is None:
             raise ValueError(f"method {method.name!r} rewinds to step k, but no rewind point was given")

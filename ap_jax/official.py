@@ -1,4 +1,5 @@
-"""Official-code parity: the official AP code's behaviour as switches and one preset.
+"""Official-code parity: the official AP code's behaviour as switches, one preset, and the one
+seam through which the driver asks for it.
 
 Every behaviour of the authors' released code that changes results and that the paper does not
 describe is one ``RunConfig`` field, each ``added`` so that configs leaving it at its default keep
@@ -7,6 +8,12 @@ gap between the paper's numbers and ours::
 
     from ap_jax import official
     cfg = official.preset(RunConfig(model="mlp", cycles=10, epochs=5), warmup_steps=900)
+
+The driver (``ap_jax.cycle``) tests none of these switches: it asks this module for the prune
+(``prune_function``), the train-step factory (``step_factory``), how a pruned cycle's training
+state starts (``reset_rule``), how weights are drawn (``initializer``) and how masks are counted
+(``counted_view``). At the defaults each hands back the paper's behaviour from the core modules;
+the official variants live here and in ``ap_jax.official_prune``.
 
 The switches (``weight_decay``/``decay_all``, ``lr_schedule``, ``reinit``, ``init``,
 ``mask_bn_scale``, ``prune_rule``, ``duplicated_pool``, ``reapply_mask``), the lines of the
@@ -17,20 +24,21 @@ what is not reproduced and why: ``docs/official.md``.
 from __future__ import annotations
 
 import dataclasses
-import warnings
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
+import optax
 
-from ap_jax import ap, masks
+from ap_jax import ap, masks, train
+from ap_jax.official_prune import (  # noqa: F401  (the official prune's names, re-exported)
+    WEIGHT_NAMES, ap_prune_with_scales, pool_sources, prunable_flags, pytorch_weights, restore_shapes,
+    scales_as_kernels, threshold_prune,
+)
 
 PyTree = Any
-INITS = ("model", "xavier")
-PRUNE_RULES = ("paper", "official")
-WEIGHT_NAMES = ("kernel", "scale")  # the Flax leaves PyTorch names ``weight``
 
 OFFICIAL: dict[str, Any] = {
     "init": "xavier",
@@ -66,18 +74,79 @@ def preset(cfg: Any, **overrides: Any) -> Any:
     return dataclasses.replace(cfg, **{**OFFICIAL, **overrides})
 
 
-PruneFunction = Callable[[PyTree, PyTree, PyTree, float, float, jax.Array], "ap.PruneResult"]
+PruneFunction = Callable[[PyTree, PyTree, PyTree, float, float, jax.Array], ap.PruneResult]
+Reset = Callable[[PyTree, train.TrainState, int], tuple[PyTree, Any]]  # opt_state None: a fresh one
 
 
 def prune_function(cfg: Any) -> PruneFunction:
     """The prune a run's config asks for, ``(mask, trained, cycle_start, rate, ap_rate, key) ->
-    ap.PruneResult``: the paper's exact counts, or the official code's threshold rule."""
+    ap.PruneResult``: the paper's exact counts (over kernels, or kernels and BatchNorm scales with
+    ``mask_bn_scale``), or the official code's threshold rule."""
     if cfg.prune_rule == "official":
         return lambda mask, trained, start, rate, ap_rate, key: threshold_prune(
             mask, trained, start, rate, ap_rate, cfg.mask_bn_scale, cfg.duplicated_pool, cfg.ap_variant, key)
-    return lambda mask, trained, start, rate, ap_rate, key: ap.ap_prune_result(
-        mask, trained, start, rate=rate, ap_rate=ap_rate, scope=cfg.scope, variant=cfg.ap_variant, key=key,
-        mask_bn_scale=cfg.mask_bn_scale)
+    exact = ap_prune_with_scales if cfg.mask_bn_scale else ap.ap_prune_result
+    return lambda mask, trained, start, rate, ap_rate, key: exact(
+        mask, trained, start, rate=rate, ap_rate=ap_rate, scope=cfg.scope, variant=cfg.ap_variant, key=key)
+
+
+def counted_view(cfg: Any) -> Callable[[PyTree], PyTree]:
+    """How a run counts a mask (remaining shares, prune records): as it is, or with BatchNorm scales
+    as kernels when ``mask_bn_scale`` makes them prunable."""
+    return scales_as_kernels if cfg.mask_bn_scale else (lambda mask: mask)
+
+
+def zero_grads_at_zero_weights(grads: PyTree, params: PyTree) -> PyTree:
+    """``grads`` set to 0 wherever a PyTorch-``weight`` leaf (kernel, scale) is exactly 0: the
+    official code's freezing by value (``resnet_20.py:268-273``), which momentum can undo."""
+    return jax.tree_util.tree_map(lambda g, p, w: jnp.where(p == 0, 0.0, g) if w else g,
+                                  grads, params, pytorch_weights(params))
+
+
+# The official code's step: the mask is used nowhere (forward passes see the raw params, nothing
+# is masked after an update) and the gradient is zeroed where a kernel or scale is exactly 0.
+FREEZE_BY_VALUE = train.MaskRule(weights=lambda params, mask: params, grads=zero_grads_at_zero_weights)
+
+
+def step_factory(cfg: Any) -> Callable[..., train.Steps]:
+    """``train.make_steps`` as a run's config asks for it: the paper's masked steps, or with
+    ``reapply_mask=False`` the official code's steps that freeze pruned weights by value only."""
+    if cfg.reapply_mask:
+        return train.make_steps
+    return functools.partial(train.make_steps, mask_rule=FREEZE_BY_VALUE)
+
+
+def carried_momentum(opt_state: optax.OptState) -> optax.OptState:
+    """A copy of ``opt_state`` with its step counts set to 0: the LR schedule restarts, the momentum
+    carries over a prune (official code, ``resnet_20.py:160``)."""
+    carried = jax.tree_util.tree_map(jnp.copy, opt_state)
+    return optax.tree_utils.tree_set(carried, count=jnp.zeros((), jnp.int32))
+
+
+def carries_optimizer_state(cfg: Any) -> bool:
+    """Whether a pruned cycle starts from the previous cycle's optimizer state (``reapply_mask=False``)."""
+    return not cfg.reapply_mask
+
+
+def reset_rule(cfg: Any, fresh_init: Callable[[int], PyTree]) -> Reset:
+    """How cycle ``c``'s training state starts, ``(start, trained, c) -> (start, opt_state)``, from
+    the base method's start variables and cycle ``c - 1``'s trained state.
+
+    The paper: the method's start and a fresh optimizer state (``opt_state`` None). The official
+    code: with ``reinit`` the params of ``fresh_init(c)`` (a new random init, BatchNorm statistics
+    as the method says); without ``reapply_mask`` the trained momentum (``carried_momentum``).
+    """
+    def reset(start: PyTree, trained: train.TrainState, cycle: int) -> tuple[PyTree, Any]:
+        if cfg.reinit:
+            start = {**start, "params": fresh_init(cycle)["params"]}
+        return start, carried_momentum(trained.opt_state) if carries_optimizer_state(cfg) else None
+    return reset
+
+
+def initializer(cfg: Any) -> Callable[[PyTree, jax.Array], PyTree]:
+    """``(params, key) -> params``: a model's freshly initialised params as ``cfg.init`` asks, kept
+    (``"model"``) or re-drawn by the official ``weight_init`` (``"xavier"``, ``xavier_init``)."""
+    return xavier_init if cfg.init == "xavier" else (lambda params, key: params)
 
 
 def xavier_init(params: PyTree, key: jax.Array) -> PyTree:
@@ -105,99 +174,3 @@ def xavier_init(params: PyTree, key: jax.Array) -> PyTree:
 
     leaves = [draw(path, leaf, k) for (path, leaf), k in zip(with_path, keys)]
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
-
-
-def prunable_flags(params: PyTree, mask_bn_scale: bool) -> list[bool]:
-    """Per leaf (tree-flatten order): prunable, i.e. a kernel (``ndim >= 2``) or, with
-    ``mask_bn_scale``, a BatchNorm scale."""
-    return [jnp.ndim(leaf) >= 2 or (mask_bn_scale and masks.leaf_key(path) == "scale")
-            for path, leaf in jax.tree_util.tree_leaves_with_path(params)]
-
-
-def pool_sources(params: PyTree, prunable: list[bool], duplicated: bool) -> list[int]:
-    """Leaf indices whose alive values make up the official pool, in walk order.
-
-    The walk is PyTorch's ``named_parameters`` order as mapped in the module doc: each prunable
-    leaf adds its values; with ``duplicated`` every other leaf adds the last prunable leaf's
-    values again (the code's ``hstack`` bug; nothing before the first prunable leaf).
-    """
-    paths = [path for path, _ in jax.tree_util.tree_leaves_with_path(params)]
-    first_seen: dict[str, int] = {}
-    for i, path in enumerate(paths):
-        first_seen.setdefault(masks.module_name(path), i)
-    walk = sorted(range(len(paths)),
-                  key=lambda i: (first_seen[masks.module_name(paths[i])], masks.leaf_key(paths[i]) not in WEIGHT_NAMES))
-    sources, last = [], None
-    for i in walk:
-        if prunable[i]:
-            sources.append(i)
-            last = i
-        elif duplicated and last is not None:
-            sources.append(last)
-    return sources
-
-
-def _pool(values: list[np.ndarray], alive: list[np.ndarray], sources: list[int]) -> np.ndarray:
-    """The flat pool: ``values[i][alive[i]]`` for each ``i`` in ``sources``."""
-    return np.concatenate([values[i][alive[i]] for i in sources] or [np.zeros(0, np.float32)])
-
-
-def _percent(rate: float, ap_rate: float) -> float:
-    """X's percentile ``100 (rate - ap_rate)``, rounded to undo binary fractions (0.2 - 0.02)."""
-    return round(100.0 * (float(rate) - float(ap_rate)), 9)
-
-
-def threshold_prune(
-    mask: PyTree,
-    params: PyTree,
-    params_ref: PyTree,
-    rate: float = 0.2,
-    ap_rate: float = 0.02,
-    mask_bn_scale: bool = True,
-    duplicated_pool: bool = True,
-    variant: str = "ap",
-    key: jax.Array | None = None,
-) -> ap.PruneResult:
-    """One X-then-AP step by the official code's threshold rules (see docs/official.md).
-
-    X: ``t = np.percentile(|pool|, 100 (rate - ap_rate))`` over the alive prunable weights, prune
-    ``|w| < t``. AP (skipped when ``ap_rate == 0``): ``k = int(len(pool) * ap_rate)`` from X's
-    pool, ``tau = sort(scores of the alive candidates, pool-weighted)[k]``, prune the alive
-    candidates with ``score <= tau``. Scores are ``ap.variant_scores(variant, ...)``. Returns the
-    masks after X and after AP, and AP's budget, the code's k (it takes k + 1).
-    """
-    ap.check_variant(variant)
-    masks.check_match(params, mask)
-    masks.check_match(params_ref, mask)
-    prunable = prunable_flags(params, mask_bn_scale)
-    sources = pool_sources(params, prunable, duplicated_pool)
-    if not sources:
-        raise ValueError("no prunable leaves (kernels, or scales with mask_bn_scale) to prune")
-    leaves, treedef = jax.tree_util.tree_flatten(mask)
-    alive = [np.asarray(m) for m in leaves]
-    w = [np.asarray(p) for p in jax.tree_util.tree_leaves(params)]
-    magnitude = [np.abs(x) for x in w]
-    alive = [a & (x != 0) if p else a for a, x, p in zip(alive, w, prunable)]
-    pool = _pool(magnitude, alive, sources)
-    if pool.size == 0:
-        raise ValueError("no alive prunable weights left to prune")
-    threshold = np.percentile(pool, _percent(rate, ap_rate))
-    kept = [a & ~(m < threshold) if p else a for a, m, p in zip(alive, magnitude, prunable)]
-    after_x, k = kept, 0
-    if float(ap_rate) > 0:
-        k = int(pool.size * float(ap_rate))
-        scores = ap.variant_scores(variant, params, params_ref, key)
-        score = [np.asarray(s) for s in jax.tree_util.tree_leaves(scores)]
-        candidate = [a & np.isfinite(s) if p else np.zeros_like(a) for a, s, p in zip(kept, score, prunable)]
-        ranked = np.sort(_pool(score, candidate, sources))
-        if k >= ranked.size:
-            warnings.warn(f"AP needs {k + 1} candidate weights (official rule) but the pool holds "
-                          f"{ranked.size}; pruned all of them", stacklevel=2)
-        tau = ranked[k] if k < ranked.size else np.inf
-        kept = [a & ~(c & (s <= tau)) for a, c, s in zip(kept, candidate, score)]
-    return ap.PruneResult(_unflatten(treedef, after_x), _unflatten(treedef, kept), k)
-
-
-def _unflatten(treedef: Any, leaves: list[np.ndarray]) -> PyTree:
-    """A mask of ``treedef``'s structure from numpy leaves."""
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(a) for a in leaves])

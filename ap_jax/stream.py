@@ -75,8 +75,10 @@ import PIL.Image
 from jax.sharding import Mesh
 
 from ap_jax import data, parallel
+from ap_jax.catalog import (  # noqa: F401  (re-exported)
+    IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, STREAMED, StreamSpec,
+)
 
-IMAGE_SIZE = 224
 EVAL_CROP_SHARE = 0.875  # 224 / 256
 CROP_AREA = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -86,27 +88,6 @@ THREAD_PREFIX = "ap_jax-stream"
 LABEL_CHUNK = 4096  # records per read while scanning a split's labels
 PREPARE_HINT = (f"pass --data-dir DIR or set {data.ENV_VAR} to a TFDS data dir that holds it, prepared with: "
                 "tfds build imagenet2012 --manual_dir DIR --file_format array_record")
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class StreamSpec:
-    """A streamed dataset: the labels ``0 .. num_classes - 1`` of a tfds dataset."""
-
-    title: str
-    num_classes: int
-    tfds_name: str = "imagenet2012"
-    version: str = "5.1.0"
-    mean: data.RGB = IMAGENET_MEAN
-    std: data.RGB = IMAGENET_STD
-
-
-STREAMED: dict[str, StreamSpec] = {
-    "imagenet2012": StreamSpec(title="ImageNet (imagenet2012)", num_classes=1000),
-    "imagenet200": StreamSpec(title="ImageNet-200 (the first 200 classes of imagenet2012)", num_classes=200),
-}
 
 
 @dataclasses.dataclass(frozen=True)

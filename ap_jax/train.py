@@ -6,10 +6,9 @@ update, so momentum and weight decay can never revive it. Every reset builds a f
 state. Batches are gathered, augmented and normalised inside the compiled step from the uint8
 dataset that sits on the device (airbench style), so the host never stalls the step.
 
-``make_steps(..., reapply_mask=False)`` and ``fresh_state(..., momentum_from=...)`` give the
-official AP code's behaviour instead (``resnet_20.py:160, 268-273``, see ``ap_jax.official``): no mask in the
-forward pass or after updates, the gradient zeroed where a weight is exactly 0, and momentum
-carried across a prune, so just-pruned weights revive.
+How a step uses the mask is one ``MaskRule`` (``MASKED``, the above, by default), and the
+optimizer state a fresh state starts from may be given, so ``ap_jax.official`` builds the official
+AP code's step and reset from these without this module knowing them.
 
 Every step is compiled once for a 1-D ``('data',)`` device mesh (``ap_jax.parallel``), the same
 code for 1 and N devices: state and data replicated, the per-step index vector sharded, so the
@@ -26,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -38,6 +37,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from ap_jax import data, masks, parallel, stats
+from ap_jax.config import LR_SCHEDULES, OptimConfig  # noqa: F401  (OptimConfig re-exported)
 
 PyTree = Any
 
@@ -50,23 +50,6 @@ class TrainState(struct.PyTreeNode):
     batch_stats: PyTree
     opt_state: optax.OptState
     mask: PyTree
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    """SGD with momentum, coupled (PyTorch-style) weight decay, step-decay LR with warm-up."""
-
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    decay_all: bool = False  # False: decay conv/dense kernels only; True: every parameter
-    lr_drops: tuple[float, ...] = (2 / 3, 5 / 6)  # as shares of the run's steps (LTH: 20k, 25k of 30k)
-    lr_gamma: float = 0.1
-    warmup_steps: int = 0
-    lr_schedule: str = "step"  # "official": the official AP code's schedule (official_lr_schedule)
-
-
-LR_SCHEDULES = ("step", "official")
 
 
 def lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int = 0) -> optax.Schedule:
@@ -122,32 +105,33 @@ def optimizer(cfg: OptimConfig, schedule: optax.Schedule, params: PyTree) -> opt
 
 
 def fresh_state(params: PyTree, batch_stats: PyTree, mask: PyTree, tx: optax.GradientTransformation,
-                momentum_from: optax.OptState | None = None) -> TrainState:
-    """A TrainState at step 0 with masked params and a new optimizer state.
+                opt_state: optax.OptState | None = None) -> TrainState:
+    """A TrainState at step 0 with masked params and ``opt_state`` (default: ``tx.init``'s).
 
-    With ``momentum_from`` (an earlier state of ``tx``) the optimizer state is a copy of it with
-    its step counts set to 0: the LR schedule restarts, the momentum carries over (official code).
     The state owns copies of its inputs, so the donating train step never deletes the caller's
-    arrays (theta_0, the mask and the cycle-start weights are needed after training).
+    arrays (theta_0, the mask and the cycle-start weights are needed after training); a given
+    ``opt_state`` is the caller's to hand over.
     """
     params = masks.apply(params, mask)
-    if momentum_from is None:
-        opt_state = tx.init(params)
-    else:
-        carried = jax.tree_util.tree_map(jnp.copy, momentum_from)
-        opt_state = optax.tree_utils.tree_set(carried, count=jnp.zeros((), jnp.int32))
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=params,
         batch_stats=jax.tree_util.tree_map(jnp.copy, batch_stats),
-        opt_state=opt_state, mask=jax.tree_util.tree_map(jnp.copy, mask),
+        opt_state=tx.init(params) if opt_state is None else opt_state,
+        mask=jax.tree_util.tree_map(jnp.copy, mask),
     )
 
 
-def zero_grads_at_zero_weights(grads: PyTree, params: PyTree) -> PyTree:
-    """``grads`` set to 0 wherever a PyTorch-``weight`` leaf (kernel, scale) is exactly 0: the
-    official code's freezing by value (``resnet_20.py:268-273``), which momentum can undo."""
-    return jax.tree_util.tree_map(lambda g, p, w: jnp.where(p == 0, 0.0, g) if w else g,
-                                  grads, params, masks.pytorch_weights(params))
+class MaskRule(NamedTuple):
+    """How a train step uses the mask: ``weights(params, mask)`` are the weights it computes with
+    and keeps after an update, ``grads(grads, params)`` the gradient it hands the optimizer."""
+
+    weights: Callable[[PyTree, PyTree], PyTree]
+    grads: Callable[[PyTree, PyTree], PyTree]
+
+
+# The paper's rule: pruned weights are 0 in every forward pass (so their gradient is 0) and after
+# every update (so momentum and weight decay cannot revive them).
+MASKED = MaskRule(weights=masks.apply, grads=lambda grads, params: grads)
 
 
 def _variables(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
@@ -183,7 +167,7 @@ def _with_counts_of(old: PyTree, new: PyTree) -> PyTree:
 def make_steps(
     model: nn.Module, tx: optax.GradientTransformation, mean, std, augment: bool = True,
     skip_nonfinite: bool = False, mesh: Mesh | None = None, count_relu: bool = False,
-    reapply_mask: bool = True,
+    mask_rule: MaskRule = MASKED,
 ) -> Steps:
     """Build the jitted train step, the eval step (correct count) and the ReLU-count step.
 
@@ -195,8 +179,8 @@ def make_steps(
     back replicated on it. With ``count_relu`` the train step's metrics also hold
     ``"relu_counts"``: the ReLU counts of its (augmented, train-mode) batch, packed into one
     int32 vector by ``stats.pack_counts`` (``stats.unpack_counts`` restores the pytree).
-    With ``reapply_mask=False`` (official code) the mask is used nowhere: forward passes see the
-    raw params and the gradient is zeroed where a kernel or scale is exactly 0 instead.
+    ``mask_rule`` says how the steps use the mask (``MASKED``: in the forward pass and after
+    every update).
     """
     mesh = parallel.resolve(mesh)
     rep, split = parallel.replicated(mesh), parallel.batch_sharded(mesh)
@@ -205,8 +189,7 @@ def make_steps(
     def gather(images, index):
         return jax.lax.with_sharding_constraint(images[index], split)
 
-    def masked(params, mask):
-        return masks.apply(params, mask) if reapply_mask else params
+    masked = mask_rule.weights
 
     def forward_train(params, state: TrainState, x):
         variables = _variables(masked(params, state.mask), state.batch_stats)
@@ -222,8 +205,7 @@ def make_steps(
             return loss, (logits, batch_stats)
 
         (loss, (logits, (batch_stats, counts))), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-        if not reapply_mask:
-            grads = zero_grads_at_zero_weights(grads, state.params)
+        grads = mask_rule.grads(grads, state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = masked(optax.apply_updates(state.params, updates), state.mask)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)

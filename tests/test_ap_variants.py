@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ap_jax import ap, config, cycle, masks, prune, scores
+from ap_jax import ap, config, cycle, masks, official, prune, scores
 from ap_jax.config import RunConfig
 
 SHAPES = {"conv": (3, 4), "bias": (5,), "block": (2, 3, 2, 2), "dense": (7, 2)}
@@ -242,7 +242,7 @@ def test_ap_takes_negative_bn_scales_when_they_are_prunable():
     params = {"bn": {"bias": zeros, "scale": scale}, "conv": {"bias": zeros, "kernel": kernel}}
     ref = {"bn": {"bias": zeros, "scale": scale - np.float32([0.01, 0.02, 0.03])},
            "conv": {"bias": zeros, "kernel": kernel + np.float32(0.3)}}
-    got = ap.ap_prune(masks.init(params), params, ref, rate=0.4, ap_rate=0.2, mask_bn_scale=True)
+    got = official.ap_prune_with_scales(masks.init(params), params, ref, rate=0.4, ap_rate=0.2).mask
 
     w = np.concatenate([scale, kernel.ravel()])
     change = np.abs(np.concatenate([scale - ref["bn"]["scale"], kernel.ravel() - ref["conv"]["kernel"].ravel()]))

@@ -6,10 +6,12 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from ap_jax import checkpoint, config, cycle, data, masks, methods, models, records, stats
+from ap_jax import checkpoint, config, cycle, data, masks, methods, models, official, records, stats, train
 from experiments import compare_ap
 
 TINY = ["--model", "mlp", "--cycles", "2", "--epochs", "1", "--batch-size", "40",
@@ -119,6 +121,35 @@ def test_base_method_reset_rules():
     assert methods.next_start(methods.get("lrr"), init, trained) == trained
     with pytest.raises(ValueError, match="known methods: finetune, lrr, lth, lth_rewind, oneshot"):
         methods.get("snip")
+
+
+def test_next_cycle_start_by_method_and_reset_rule():
+    """What cycle 2 starts from, worked by hand: theta_0 w=1, the rewind point w=2, the trained end
+    w=3 (momentum 0.5 after 7 steps); a reinit draw for cycle c is w=100+c."""
+    def variables(w, m):
+        return {"params": {"w": jnp.float32(w)}, "batch_stats": {"m": jnp.float32(m)}}
+
+    theta0, rewind = variables(1, 10), variables(2, 20)
+    tx = optax.sgd(optax.constant_schedule(0.1), momentum=0.9)
+    trace = optax.tree_utils.tree_set(tx.init({"w": jnp.float32(3)}), trace={"w": jnp.float32(0.5)},
+                                      count=jnp.int32(7))
+    trained = train.TrainState(step=jnp.int32(7), params={"w": jnp.float32(3)}, batch_stats={"m": jnp.float32(30)},
+                               opt_state=trace, mask={"w": jnp.bool_(True)})
+    fresh_init = lambda c: variables(100 + c, -1)  # noqa: E731
+
+    def start(method, **switches):
+        reset = official.reset_rule(config.RunConfig(method=method, **switches), fresh_init)
+        chosen, opt_state = cycle.next_cycle_start(methods.get(method), reset, 2, theta0, trained, rewind)
+        return float(chosen["params"]["w"]), float(chosen["batch_stats"]["m"]), opt_state
+
+    assert start("lth") == (1.0, 10.0, None)  # theta_0 and its statistics, a fresh optimizer
+    assert start("lth_rewind", rewind_step=1) == (2.0, 20.0, None)  # the rewind point
+    assert start("lrr") == start("finetune") == (3.0, 30.0, None)  # the trained survivors
+    assert start("lth", reinit=True) == (102.0, 10.0, None)  # cycle 2's fresh draw, theta_0's statistics
+    w, m, carried = start("lrr", reapply_mask=False)
+    assert (w, m) == (3.0, 30.0)
+    assert optax.tree_utils.tree_get(carried, "trace") == {"w": 0.5}  # momentum kept, the count restarts
+    assert int(optax.tree_utils.tree_get(carried, "count")) == 0
 
 
 def test_eval_every_skips_test_accuracy_but_never_a_cycles_last_epoch_or_the_dnr(fake_data, tmp_path):

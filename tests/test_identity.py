@@ -4,6 +4,8 @@ still hashes to its name, and every committed run holds the config its study giv
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,33 @@ def test_a_study_whose_config_was_edited_is_refused(tmp_path):
     (run_dir / "metrics.jsonl").write_text("")
     with pytest.raises(RunDirError, match=f"is a run directory .*pass its study directory, {study}"):
         identity.read_study(run_dir, "compare_ap")
+
+
+def test_every_committed_run_directory_still_resolves_to_its_hash():
+    """The hashes were computed by the code that wrote these results; a config change that moves
+    one (a renamed field, a new field not marked ``added``) would orphan that run."""
+    pinned = json.loads((Path(__file__).parent / "committed_config_hashes.json").read_text())
+    assert len(pinned) == 43
+    for relative, want in pinned.items():
+        stored = json.loads((RESULTS / relative).read_text())
+        stored.pop("scale", None)  # a study's config.json also holds its scale preset
+        cfg = config.from_dict(stored)
+        assert cfg.hash8() == want, relative
+        assert config.differences(stored, cfg) == [], relative
+
+
+def test_optim_config_is_the_run_configs_optimizer_fields():
+    cfg = RunConfig(lr=0.05, momentum=0.8, weight_decay=5e-4, decay_all=True, lr_drops=(0.5,), lr_gamma=0.2,
+                    warmup_steps=7, lr_schedule="official")
+    optim = cfg.optim()
+    assert dataclasses.asdict(optim) == {name: getattr(cfg, name) for name in config.OPTIM_FIELDS}
+    defaults = dataclasses.asdict(config.OptimConfig())
+    assert defaults == {name: getattr(RunConfig(), name) for name in config.OPTIM_FIELDS}
+
+
+def test_importing_the_config_loads_no_data_pipeline():
+    code = ("import sys, ap_jax.config; print(sorted(m for m in sys.modules if m.startswith(('PIL', "
+            "'ap_jax.data', 'ap_jax.stream', 'ap_jax.feeds', 'ap_jax.train', 'tensorflow_datasets'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
+    assert out.strip() == "[]"

@@ -118,7 +118,7 @@ def test_threshold_prune_matches_the_official_loops(seed, duplicate):
     prev = {n: rng.normal(size=s).round(1).astype(np.float32) for n, s in TORCH_ORDER}
     want = official_loops(trained, prev, 18, 2, duplicate)
     params, ref = to_flax(trained), to_flax(list(prev.items()))
-    weights = masks.pytorch_weights(params)
+    weights = official.pytorch_weights(params)
     mask = jax.tree_util.tree_map(lambda w, is_weight: w != 0 if is_weight else jnp.ones_like(w, bool),
                                   params, weights)
     got = official.threshold_prune(mask, params, ref, 0.2, 0.02, mask_bn_scale=True,
@@ -167,7 +167,7 @@ def test_paper_rule_with_mask_bn_scale_prunes_scales_as_numpy_exact_count():
     params = {"bn": {"scale": jnp.asarray(rng.normal(size=8), jnp.float32), "bias": jnp.zeros(8)},
               "conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)}}
     mask = masks.init(params)
-    got = ap.ap_prune(mask, params, params, rate=0.25, ap_rate=0.0, mask_bn_scale=True)
+    got = official.ap_prune_with_scales(mask, params, params, rate=0.25, ap_rate=0.0).mask
     pool = np.concatenate([np.abs(params["bn"]["scale"]), np.abs(params["conv"]["kernel"]).ravel()])
     cut = np.sort(pool)[round(0.25 * pool.size) - 1]
     assert np.array_equal(np.asarray(got["bn"]["scale"]), np.abs(params["bn"]["scale"]) > cut)
@@ -246,9 +246,10 @@ def test_carried_momentum_revives_pruned_weights_only_without_reapplication(reap
     tx = train.optimizer(cfg, train.lr_schedule(cfg, 8, 4), params)
     buf = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 0.5), params)
     before = optax.tree_utils.tree_set(tx.init(params), trace=buf, count=jnp.asarray(7, jnp.int32))
-    state = train.fresh_state(params, {}, mask, tx, momentum_from=before)
+    state = train.fresh_state(params, {}, mask, tx, official.carried_momentum(before))
     assert int(optax.tree_utils.tree_get(state.opt_state, "count")) == 0
-    steps = train.make_steps(model, tx, (0.5,) * 3, (0.25,) * 3, augment=False, reapply_mask=reapply)
+    make_steps = official.step_factory(RunConfig(reapply_mask=reapply))
+    steps = make_steps(model, tx, (0.5,) * 3, (0.25,) * 3, augment=False)
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (4, 2, 2, 3)), jnp.uint8)
     new, _ = steps.train(state, images, jnp.asarray([0, 1, 2, 0]), jnp.arange(4), jax.random.key(1))
     pruned = np.asarray(new.params["dense0"]["kernel"])[~np.asarray(mask["dense0"]["kernel"])]
