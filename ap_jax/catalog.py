@@ -26,20 +26,8 @@ class DatasetSpec:
 
 
 DATASETS: dict[str, DatasetSpec] = {
-    "cifar10": DatasetSpec(
-        title="CIFAR-10",
-        version="3.0.2",
-        num_classes=10,
-        mean=(0.4914, 0.4822, 0.4465),
-        std=(0.2470, 0.2435, 0.2616),
-    ),
-    "cifar100": DatasetSpec(
-        title="CIFAR-100",
-        version="3.0.2",
-        num_classes=100,
-        mean=(0.5071, 0.4865, 0.4409),
-        std=(0.2673, 0.2564, 0.2762),
-    ),
+    "cifar10": DatasetSpec("CIFAR-10", "3.0.2", 10, mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": DatasetSpec("CIFAR-100", "3.0.2", 100, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
 }
 
 

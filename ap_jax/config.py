@@ -125,7 +125,7 @@ class RunConfig:
                        "xavier (Xavier-normal kernels, BN gamma ~ N(1, 0.02), dense bias ~ N(0, 1))",
                        Choice(INITS), added=True)
     lr_schedule: str = _field("step", "LR schedule: step (warm-up, then drops at shares of the steps) or "
-                              "official (the AP code's; see ap_jax.train.official_lr_schedule)",
+                              "official (the AP code's; see ap_jax.official.lr_schedule)",
                               Choice(LR_SCHEDULES), added=True)
     mask_bn_scale: bool = _field(False, "BatchNorm scales are prunable too (official code)", Flag(), added=True)
     prune_rule: str = _field("paper", "paper: exact counts, k smallest; official: X by |w| < percentile, "
@@ -177,9 +177,9 @@ class RunConfig:
         return OptimConfig(**{name: getattr(self, name) for name in OPTIM_FIELDS})
 
 
-# The optimizer's fields: SGD with momentum, coupled (PyTorch-style) weight decay, the LR schedule.
-OPTIM_FIELDS = ("lr", "momentum", "weight_decay", "decay_all", "lr_drops", "lr_gamma", "warmup_steps",
-                "lr_schedule")
+# The optimizer's numbers: SGD with momentum, coupled (PyTorch-style) weight decay, the LR's peak,
+# warm-up and drops. Which schedule they shape (``lr_schedule``) is official.schedule_function's pick.
+OPTIM_FIELDS = ("lr", "momentum", "weight_decay", "decay_all", "lr_drops", "lr_gamma", "warmup_steps")
 
 
 def _section(name: str, fields: Sequence[str], doc: str) -> type:
@@ -194,7 +194,7 @@ def _section(name: str, fields: Sequence[str], doc: str) -> type:
 
 
 OptimConfig = _section("OptimConfig", OPTIM_FIELDS, "SGD with momentum, coupled (PyTorch-style) weight decay, "
-                       "step-decay LR with warm-up (``ap_jax.train``); fields and defaults as in ``RunConfig``.")
+                       "the LR's peak, warm-up and drops (``ap_jax.train``); fields and defaults as in ``RunConfig``.")
 
 
 class WrongType(ValueError):

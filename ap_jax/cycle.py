@@ -31,8 +31,8 @@ kept, unless ``RunOptions.skip_nonfinite`` skips such batches (counted in ``skip
 
 The official AP code's quirks (``init``, ``lr_schedule``, ``mask_bn_scale``, ``prune_rule``,
 ``duplicated_pool``, ``reinit``, ``reapply_mask``) are config switches that this driver never
-tests: it asks ``ap_jax.official`` for the prune, the step factory, the reset rule, the init and
-how masks are counted (``docs/official.md``).
+tests: it asks ``ap_jax.official`` for the prune, the step factory, the LR schedule, the reset
+rule, the init and how masks are counted (``docs/official.md``).
 """
 
 from __future__ import annotations

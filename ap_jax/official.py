@@ -9,10 +9,10 @@ gap between the paper's numbers and ours::
     from ap_jax import official
     cfg = official.preset(RunConfig(model="mlp", cycles=10, epochs=5), warmup_steps=900)
 
-The driver (``ap_jax.cycle``) tests none of these switches: it asks this module for the prune
-(``prune_function``), the train-step factory (``step_factory``), how a pruned cycle's training
-state starts (``reset_rule``), how weights are drawn (``initializer``) and how masks are counted
-(``counted_view``). At the defaults each hands back the paper's behaviour from the core modules;
+The driver (``ap_jax.cycle``, ``ap_jax.trainers``) tests none of these switches: it asks this
+module for the prune (``prune_function``), the train-step factory (``step_factory``), the LR
+schedule (``schedule_function``), how a pruned cycle's training state starts (``reset_rule``), how
+weights are drawn (``initializer``) and how masks are counted (``counted_view``). At the defaults each hands back the paper's behaviour from the core modules;
 the official variants live here and in ``ap_jax.official_prune``.
 
 The switches (``weight_decay``/``decay_all``, ``lr_schedule``, ``reinit``, ``init``,
@@ -114,6 +114,35 @@ def step_factory(cfg: Any) -> Callable[..., train.Steps]:
     if cfg.reapply_mask:
         return train.make_steps
     return functools.partial(train.make_steps, mask_rule=FREEZE_BY_VALUE)
+
+
+def lr_schedule(cfg: train.OptimConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+    """The official AP code's LR (``lr_schedule="official"``, ``resnet_20.py:37-39, 241-247``):
+    ``lr * min(step + 1, warmup) / warmup``, overwritten to ``lr * gamma^i`` from the epoch
+    ``round(lr_drops[i] * epochs)`` on.
+
+    The warm-up adds ``lr / warmup`` before every step (so step 0 already has it) and is cut
+    short by the first drop when that comes earlier (official: 0.1/20000 per step, drops at
+    epochs 25 and 32 of 50, i.e. ``lr_drops=(0.5, 0.64)``). Drops fall on epoch boundaries.
+    """
+    if steps_per_epoch < 1 or total_steps % steps_per_epoch:
+        raise ValueError(f"the official LR schedule needs whole epochs: {total_steps} steps of "
+                         f"{steps_per_epoch} per epoch")
+    epochs = total_steps // steps_per_epoch
+    warmup = max(cfg.warmup_steps, 1)
+
+    def ramp(step: jax.Array) -> jax.Array:  # not optax.linear_schedule: it loses 1e-4 at step 0 in float32
+        return cfg.lr * jnp.minimum(step + 1, warmup).astype(jnp.float32) / warmup
+
+    drops = [optax.constant_schedule(cfg.lr * cfg.lr_gamma ** (i + 1)) for i in range(len(cfg.lr_drops))]
+    starts = [int(round(share * epochs)) * steps_per_epoch for share in cfg.lr_drops]
+    return optax.join_schedules([ramp, *drops], starts)
+
+
+def schedule_function(cfg: Any) -> Callable[[train.OptimConfig, int, int], optax.Schedule]:
+    """``(optim, total_steps, steps_per_epoch) -> schedule`` as ``cfg.lr_schedule`` names it: the
+    paper's step schedule (``train.lr_schedule``) or the official code's (``lr_schedule``)."""
+    return lr_schedule if cfg.lr_schedule == "official" else train.lr_schedule
 
 
 def carried_momentum(opt_state: optax.OptState) -> optax.OptState:

@@ -41,22 +41,14 @@ def restore_shapes(tree: PyTree, like: PyTree) -> PyTree:
     return jax.tree_util.tree_map(lambda leaf, ref: jnp.reshape(leaf, jnp.shape(ref)), tree, like)
 
 
-def ap_prune_with_scales(
-    mask: PyTree,
-    params: PyTree,
-    params_ref: PyTree,
-    rate: Any = 0.2,
-    ap_rate: Any = 0.02,
-    base_scores: PyTree | None = None,
-    scope: str = "global",
-    variant: str = "ap",
-    key: jax.Array | None = None,
-) -> ap.PruneResult:
-    """``ap.ap_prune_result`` with BatchNorm scales prunable too (the official code's prunable set,
-    ``mask_bn_scale``): the paper's exact counts over kernels and scales, masks in params' shapes."""
+def ap_prune_with_scales(mask: PyTree, params: PyTree, params_ref: PyTree, rate: Any = 0.2, ap_rate: Any = 0.02,
+                         base_scores: PyTree | None = None, **options: Any) -> ap.PruneResult:
+    """``ap.ap_prune_result`` (``options``: ``scope``, ``variant``, ``key``) with BatchNorm scales
+    prunable too, the official code's prunable set (``mask_bn_scale``): the paper's exact counts
+    over kernels and scales, the masks in params' shapes."""
     view = scales_as_kernels
     base = None if base_scores is None else view(base_scores)
-    result = ap.ap_prune_result(view(mask), view(params), view(params_ref), rate, ap_rate, base, scope, variant, key)
+    result = ap.ap_prune_result(view(mask), view(params), view(params_ref), rate, ap_rate, base, **options)
     return ap.PruneResult(restore_shapes(result.after_x, mask), restore_shapes(result.mask, mask), result.ap_budget)
 
 
@@ -135,20 +127,26 @@ def threshold_prune(
     if pool.size == 0:
         raise ValueError("no alive prunable weights left to prune")
     threshold = np.percentile(pool, _percent(rate, ap_rate))
-    kept = [a & ~(m < threshold) if p else a for a, m, p in zip(alive, magnitude, prunable)]
-    after_x, k = kept, 0
-    if float(ap_rate) > 0:
-        k = int(pool.size * float(ap_rate))
-        scores = ap.variant_scores(variant, params, params_ref, key)
-        score = [np.asarray(s) for s in jax.tree_util.tree_leaves(scores)]
-        candidate = [a & np.isfinite(s) if p else np.zeros_like(a) for a, s, p in zip(kept, score, prunable)]
-        ranked = np.sort(_pool(score, candidate, sources))
-        if k >= ranked.size:
-            warnings.warn(f"AP needs {k + 1} candidate weights (official rule) but the pool holds "
-                          f"{ranked.size}; pruned all of them", stacklevel=2)
-        tau = ranked[k] if k < ranked.size else np.inf
-        kept = [a & ~(c & (s <= tau)) for a, c, s in zip(kept, candidate, score)]
+    after_x = [a & ~(m < threshold) if p else a for a, m, p in zip(alive, magnitude, prunable)]
+    if float(ap_rate) <= 0:
+        return ap.PruneResult(_unflatten(treedef, after_x), _unflatten(treedef, after_x), 0)
+    k = int(pool.size * float(ap_rate))
+    score = [np.asarray(s) for s in jax.tree_util.tree_leaves(ap.variant_scores(variant, params, params_ref, key))]
+    kept = _ap_threshold(after_x, score, prunable, sources, k)
     return ap.PruneResult(_unflatten(treedef, after_x), _unflatten(treedef, kept), k)
+
+
+def _ap_threshold(alive: list[np.ndarray], score: list[np.ndarray], prunable: list[bool], sources: list[int],
+                  k: int) -> list[np.ndarray]:
+    """``alive`` less the official AP's picks: the alive candidates (finite ``score``) with
+    ``score <= sort(candidate pool)[k]``, all of them (with a warning) when the pool is too short."""
+    candidate = [a & np.isfinite(s) if p else np.zeros_like(a) for a, s, p in zip(alive, score, prunable)]
+    ranked = np.sort(_pool(score, candidate, sources))
+    if k >= ranked.size:
+        warnings.warn(f"AP needs {k + 1} candidate weights (official rule) but the pool holds "
+                      f"{ranked.size}; pruned all of them", stacklevel=3)
+    tau = ranked[k] if k < ranked.size else np.inf
+    return [a & ~(c & (s <= tau)) for a, c, s in zip(alive, candidate, score)]
 
 
 def _unflatten(treedef: Any, leaves: list[np.ndarray]) -> PyTree:

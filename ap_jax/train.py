@@ -37,7 +37,7 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from ap_jax import data, masks, parallel, stats
-from ap_jax.config import LR_SCHEDULES, OptimConfig  # noqa: F401  (OptimConfig re-exported)
+from ap_jax.config import OptimConfig
 
 PyTree = Any
 
@@ -55,13 +55,9 @@ class TrainState(struct.PyTreeNode):
 def lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int = 0) -> optax.Schedule:
     """Piecewise-constant LR (÷ 1/gamma at each drop) after an optional linear warm-up.
 
-    ``cfg.lr_schedule == "official"`` gives ``official_lr_schedule`` instead (it needs
-    ``steps_per_epoch``).
+    The paper's schedule (``lr_schedule="step"``); ``official.schedule_function`` picks the one a
+    config names (``steps_per_epoch`` is for the schedules that need it).
     """
-    if cfg.lr_schedule == "official":
-        return official_lr_schedule(cfg, total_steps, steps_per_epoch)
-    if cfg.lr_schedule != "step":
-        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {cfg.lr_schedule!r}")
     boundaries: dict[int, float] = {}
     for share in cfg.lr_drops:  # drops that round to one step (tiny runs) multiply there
         step = int(round(share * total_steps))
@@ -71,28 +67,6 @@ def lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int = 0) ->
         return decay
     warmup = optax.linear_schedule(0.0, cfg.lr, cfg.warmup_steps)
     return optax.join_schedules([warmup, lambda step: decay(step + cfg.warmup_steps)], [cfg.warmup_steps])
-
-
-def official_lr_schedule(cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
-    """The official AP code's LR (``resnet_20.py:37-39, 241-247``): ``lr * min(step + 1, warmup) / warmup``,
-    overwritten to ``lr * gamma^i`` from the epoch ``round(lr_drops[i] * epochs)`` on.
-
-    The warm-up adds ``lr / warmup`` before every step (so step 0 already has it) and is cut
-    short by the first drop when that comes earlier (official: 0.1/20000 per step, drops at
-    epochs 25 and 32 of 50, i.e. ``lr_drops=(0.5, 0.64)``). Drops fall on epoch boundaries.
-    """
-    if steps_per_epoch < 1 or total_steps % steps_per_epoch:
-        raise ValueError(f"the official LR schedule needs whole epochs: {total_steps} steps of "
-                         f"{steps_per_epoch} per epoch")
-    epochs = total_steps // steps_per_epoch
-    warmup = max(cfg.warmup_steps, 1)
-
-    def ramp(step: jax.Array) -> jax.Array:  # not optax.linear_schedule: it loses 1e-4 at step 0 in float32
-        return cfg.lr * jnp.minimum(step + 1, warmup).astype(jnp.float32) / warmup
-
-    drops = [optax.constant_schedule(cfg.lr * cfg.lr_gamma ** (i + 1)) for i in range(len(cfg.lr_drops))]
-    starts = [int(round(share * epochs)) * steps_per_epoch for share in cfg.lr_drops]
-    return optax.join_schedules([ramp, *drops], starts)
 
 
 def optimizer(cfg: OptimConfig, schedule: optax.Schedule, params: PyTree) -> optax.GradientTransformation:

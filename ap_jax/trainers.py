@@ -64,7 +64,7 @@ def lr_schedule(cfg: RunConfig, key: ScheduleKey, steps_per_epoch: int) -> optax
     kind, epochs = key
     if kind == "constant":
         return optax.constant_schedule(cfg.finetune_lr)
-    return train.lr_schedule(cfg.optim(), epochs * steps_per_epoch, steps_per_epoch)
+    return official.schedule_function(cfg)(cfg.optim(), epochs * steps_per_epoch, steps_per_epoch)
 
 
 def build_trainers(cfg: RunConfig, method: methods.Method, network: Network, feed: feeds.Feed, mesh: Mesh,

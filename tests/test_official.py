@@ -6,6 +6,10 @@ the Xavier-normal std ``sqrt(2 / (fan_in + fan_out))``, paper.md's ResNet-20 poo
 PyTorch's SGD update for the momentum revival (paper.md §5.10).
 """
 
+import ast
+import importlib
+import inspect
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -217,20 +221,20 @@ def official_lrs(steps_per_epoch, epochs, set_lr=0.1, warmup=20000):
 
 @pytest.mark.parametrize("steps_per_epoch", [782, 1000])  # warm-up cut short at epoch 25 / finished
 def test_official_lr_schedule_matches_the_official_loop(steps_per_epoch):
-    cfg = train.OptimConfig(lr=0.1, warmup_steps=20000, lr_drops=(0.5, 0.64), lr_schedule="official")
+    cfg = train.OptimConfig(lr=0.1, warmup_steps=20000, lr_drops=(0.5, 0.64))
     total = 50 * steps_per_epoch
-    schedule = train.lr_schedule(cfg, total, steps_per_epoch)
+    schedule = official.lr_schedule(cfg, total, steps_per_epoch)
     got = np.asarray(jax.vmap(schedule)(jnp.arange(total)))
     np.testing.assert_allclose(got, official_lrs(steps_per_epoch, 50), rtol=1e-5)
 
 
 def test_official_lr_schedule_hand_values():
-    cfg = train.OptimConfig(lr=0.1, warmup_steps=20000, lr_drops=(0.5, 0.64), lr_schedule="official")
-    schedule = train.lr_schedule(cfg, 50 * 782, 782)
+    cfg = train.OptimConfig(lr=0.1, warmup_steps=20000, lr_drops=(0.5, 0.64))
+    schedule = official.lr_schedule(cfg, 50 * 782, 782)
     for step, lr in [(0, 5e-6), (19549, 0.09775), (19550, 0.01), (25023, 0.01), (25024, 0.001)]:
         assert float(schedule(step)) == pytest.approx(lr, rel=1e-5), step
     with pytest.raises(ValueError, match="whole epochs"):
-        train.lr_schedule(cfg, 100, 0)
+        official.lr_schedule(cfg, 100, 0)
 
 
 # ---- no mask re-application: the momentum leak ------------------------------------------------
@@ -241,9 +245,9 @@ def test_carried_momentum_revives_pruned_weights_only_without_reapplication(reap
     params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 3)))["params"]
     mask = jax.tree_util.tree_map(lambda p: jnp.arange(p.size).reshape(p.shape) % 3 != 0 if p.ndim == 2
                                   else jnp.ones(p.shape, bool), params)
-    cfg = train.OptimConfig(lr=0.1, weight_decay=5e-4, decay_all=True, warmup_steps=4, lr_schedule="official",
+    cfg = train.OptimConfig(lr=0.1, weight_decay=5e-4, decay_all=True, warmup_steps=4,
                             lr_drops=())
-    tx = train.optimizer(cfg, train.lr_schedule(cfg, 8, 4), params)
+    tx = train.optimizer(cfg, official.lr_schedule(cfg, 8, 4), params)
     buf = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 0.5), params)
     before = optax.tree_utils.tree_set(tx.init(params), trace=buf, count=jnp.asarray(7, jnp.int32))
     state = train.fresh_state(params, {}, mask, tx, official.carried_momentum(before))
@@ -315,3 +319,19 @@ def test_preset_run_resumes_bitwise(preset_run, fake_data, tmp_path, monkeypatch
         got, want = checkpoint.read_cycle(run_dir, c), checkpoint.read_cycle(ref_dir, c)
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree_util.tree_leaves(want)):
             assert a.dtype == b.dtype and np.array_equal(a, b), f"cycle {c} {path}"
+
+
+# ---- one seam -------------------------------------------------------------------------------
+
+def test_no_core_module_tests_an_official_switch():
+    """masks, prune, ap, train and the driver read no official switch of a config: they ask
+    ap_jax.official (prune_function, step_factory, schedule_function, reset_rule, ...)."""
+    def reads_of_switches(module):
+        tree = ast.parse(inspect.getsource(importlib.import_module(f"ap_jax.{module}")))
+        reads = [node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute) and node.attr in SWITCHES
+                 and (getattr(node.value, "id", None) == "cfg" or getattr(node.value, "attr", None) == "cfg")]
+        return reads + [node.arg for node in ast.walk(tree) if isinstance(node, ast.arg) and node.arg in SWITCHES]
+
+    assert set(reads_of_switches("official")) == set(SWITCHES)  # the seam does read every switch
+    for module in ("masks", "prune", "ap", "train", "cycle", "trainers", "measure", "run_dir"):
+        assert reads_of_switches(module) == [], module
