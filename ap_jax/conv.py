@@ -13,10 +13,13 @@ What: :func:`conv_general_dilated` is a drop-in for ``lax.conv_general_dilated``
 ``jax.custom_vjp`` with the same forward convolution and this backward pass:
 
 * weight gradient: the batch is split into chunks and a ``lax.scan`` sums each chunk's
-  gradient, an im2col GEMM (patches ``(rows, kh*kw*C_in)`` transposed times the output gradient
-  ``(rows, C_out)``). The scan's operands are materialised once in the natural NHWC layout
-  (producers cannot fuse across the loop), and :func:`chunk_size` sizes a chunk so that its
-  patches (at most :data:`PATCH_BYTES`) stay in cache;
+  gradient. The scan's operands are materialised once in the natural NHWC layout (producers
+  cannot fuse across the loop). A stride-1 convolution whose padding adds little to its grid
+  (:data:`ROW_OVERHEAD`, e.g. ResNet-20's 32x32 and 16x16 stages) takes one GEMM per kernel
+  tap on the padded rows, where each tap is a contiguous row offset, so ``x`` and ``dy`` are
+  read without building patches (:func:`_row_chunk_weight_grad`); any other takes an im2col GEMM
+  (patches ``(rows, kh*kw*C_in)`` transposed times the output gradient ``(rows, C_out)``).
+  :func:`chunk_size` sizes a chunk so that its operands stay in cache;
 * input gradient: one stride-1 convolution of the output gradient with the kernel rearranged
   into ``stride**2`` phases, followed by depth-to-space. For stride 1 this is the usual
   transposed convolution; for stride 2 it replaces the slow ``lhs_dilation`` convolution.
@@ -45,6 +48,8 @@ from jax import lax
 ENV_VAR = "AP_JAX_CONV"
 IMPLS = ("auto", "fast", "lax")
 PATCH_BYTES = 5 * 2**20  # im2col patches per weight-gradient chunk (the fastest of 1-64 examples at ResNet-20's shapes)
+ROW_BYTES = 3 * 2**19  # padded x and dy per row-layout chunk
+ROW_OVERHEAD = 1.3  # the row layout's most padded grid cells per output cell (32x32: 1.13, 16x16: 1.27, 8x8: 1.56)
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -95,13 +100,42 @@ def _taps(x: jax.Array, kernel: tuple[int, int], strides: tuple[int, int], out_h
 
 
 def chunk_size(n: int, out_hw: tuple[int, int], kernel: tuple[int, int], cin: int) -> int:
-    """Examples per weight-gradient chunk: the largest power of two (at most ``n``) whose
+    """Examples per im2col weight-gradient chunk: the largest power of two (at most ``n``) whose
     float32 patches fit in :data:`PATCH_BYTES` (ResNet-20 at batch 128: 8, 16 and 32 by stage)."""
-    per_example = 4 * out_hw[0] * out_hw[1] * kernel[0] * kernel[1] * cin
+    return _largest_chunk(n, 4 * out_hw[0] * out_hw[1] * kernel[0] * kernel[1] * cin, PATCH_BYTES)
+
+
+def _largest_chunk(n: int, per_example: int, budget: int) -> int:
     chunk = 1
-    while chunk * 2 <= n and chunk * 2 * per_example <= PATCH_BYTES:
+    while chunk * 2 <= n and chunk * 2 * per_example <= budget:
         chunk *= 2
     return chunk
+
+
+def uses_rows(x_shape: tuple[int, ...], dy_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding) -> bool:
+    """Whether the weight gradient takes the row layout: stride 1 and a padded grid at most
+    :data:`ROW_OVERHEAD` times the output grid."""
+    (lo_h, hi_h), (lo_w, hi_w) = padding
+    grid = (x_shape[1] + lo_h + hi_h) * (x_shape[2] + lo_w + hi_w)
+    return strides == (1, 1) and grid <= ROW_OVERHEAD * dy_shape[1] * dy_shape[2]
+
+
+def _row_chunk_weight_grad(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], padding: Padding) -> jax.Array:
+    """Stride-1 weight gradient of one chunk, one GEMM per tap over the flattened padded grid.
+
+    With ``x`` padded to ``(n, H, W, C_in)`` and ``dy`` zero-padded to the same grid, output cell
+    ``r`` (a flat row) meets input row ``r + i*W + j`` at tap ``(i, j)``; rows of ``dy`` outside
+    the output grid are zero, so they add nothing and no tap crosses into another example.
+    """
+    kh, kw, cin, cout = w_shape
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+    grid_h, grid_w = x.shape[1:3]
+    dy = jnp.pad(dy, ((0, 0), (0, grid_h - dy.shape[1]), (0, grid_w - dy.shape[2]), (0, 0))).reshape(-1, cout)
+    rows = jnp.pad(x.reshape(-1, cin), ((0, (kh - 1) * grid_w + kw - 1), (0, 0)))
+    n = dy.shape[0]
+    taps = [lax.dot_general(rows[i * grid_w + j : i * grid_w + j + n], dy, (((0,), (0,)), ((), ())))
+            for i in range(kh) for j in range(kw)]
+    return jnp.stack(taps).reshape(w_shape)
 
 
 def _chunk_weight_grad(x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], strides, padding) -> jax.Array:
@@ -117,13 +151,23 @@ def weight_grad(
     x: jax.Array, dy: jax.Array, w_shape: tuple[int, ...], strides: tuple[int, int], padding: Padding,
     chunk: int | None = None,
 ) -> jax.Array:
-    """Gradient of the kernel, summed over chunks of ``chunk`` examples (default
-    :func:`chunk_size`) in a ``lax.scan``.
+    """Gradient of the kernel, summed over chunks of ``chunk`` examples in a ``lax.scan``
+    (default: sized to the cache for the layout :func:`uses_rows` picks).
 
     A batch that is not a multiple of ``chunk`` is padded with zero examples (they add nothing).
     """
     n = x.shape[0]
-    chunk = min(chunk or chunk_size(n, dy.shape[1:3], w_shape[:2], w_shape[2]), n)
+    if uses_rows(x.shape, dy.shape, strides, padding):
+        grid = (x.shape[1] + sum(padding[0])) * (x.shape[2] + sum(padding[1]))
+        chunk = min(chunk or _largest_chunk(n, 4 * grid * (w_shape[2] + w_shape[3]), ROW_BYTES), n)
+
+        def of_chunk(xc, dyc):
+            return _row_chunk_weight_grad(xc, dyc, w_shape, padding)
+    else:
+        chunk = min(chunk or chunk_size(n, dy.shape[1:3], w_shape[:2], w_shape[2]), n)
+
+        def of_chunk(xc, dyc):
+            return _chunk_weight_grad(xc, dyc, w_shape, strides, padding)
     extra = -n % chunk
     if extra:
         x = jnp.pad(x, ((0, extra),) + ((0, 0),) * 3)
@@ -132,7 +176,7 @@ def weight_grad(
     dys = dy.reshape(-1, chunk, *dy.shape[1:])
 
     def add_chunk(total, pair):
-        return total + _chunk_weight_grad(*pair, w_shape, strides, padding), None
+        return total + of_chunk(*pair), None
 
     total, _ = lax.scan(add_chunk, jnp.zeros(w_shape, jnp.result_type(x, dy)), (xs, dys))
     return total

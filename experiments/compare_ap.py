@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.ap_rate == 0:
         parser.error("--ap-rate must be positive: it is the X+AP arm's share (the X arm uses 0)")
     root = Path(args.resume) if args.resume else Path(args.out) / identity.study_name(NAME, cfg)
-    try:
+    with guard.usage_errors(parser):
         guard.check_path_text(args.out, "--out")
         guard.check_path_text(args.data_dir, "--data-dir")
         devices = parallel.devices_from_args(args)  # before anything touches a device (multi-host init)
@@ -149,10 +149,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(problem)
         cycle.check_run_dir(root, cfg)
         guard.make_dir(root)
-    except ValueError as err:  # data.DataError and RunDirError included
-        parser.error(str(err))
-    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
-        parser.error(guard.file_problem(err))
 
     def body() -> None:
         records.write_json(root / "config.json", cfg.to_dict())

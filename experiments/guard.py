@@ -165,6 +165,19 @@ def file_problem(err: OSError) -> str:
     return f"{err.filename}: {err.strerror or err}" if err.filename else str(err)
 
 
+@contextlib.contextmanager
+def usage_errors(parser: argparse.ArgumentParser) -> Iterator[None]:
+    """Inside the block (a command's checks before it starts), a ``ValueError`` (a bad config,
+    data or run directory) or a path that cannot be looked at ends the command as argparse
+    does: one line and exit 2."""
+    try:
+        yield
+    except ValueError as err:
+        parser.error(str(err))
+    except OSError as err:  # no permission, a name too long
+        parser.error(file_problem(err))
+
+
 def make_dir(path: Path, flag: str = "--out") -> None:
     """Create ``path`` (the first write of a command) or raise ``ValueError``: nothing was started,
     so the fix is another ``flag``, not a rerun."""

@@ -31,11 +31,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ap_jax import cycle, feeds, fetch, parallel
+from ap_jax import cycle, fetch, parallel
 from ap_jax.config import RunConfig
 from experiments import guard
-from experiments._cli import DATA_NOTE, add_run_options, check_fits, check_study_flags, prepare_study, run_options
-from experiments.reproduce import Job, parse_overrides
+from experiments._cli import DATA_NOTE, add_run_options, check_study_flags, prepare_study, run_options
+from experiments.reproduce import Job, parse_overrides, run_jobs
 
 NAME = "high_sparsity"
 PROG = f"python -m experiments.{NAME}"
@@ -59,19 +59,6 @@ def dense_source(job: Job, out: Path) -> Path | None:
         return None
     source = Job(PART, next(iter(ARMS)), job.seed, job.cfg).run_dir(out)
     return source if cycle.dense_cycle_ready(source) else None
-
-
-def run_all(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.RunOptions) -> None:
-    """Run (or reuse, or resume) every job in order on the one dataset they share."""
-    cfg = jobs[0].cfg
-    dataset = feeds.load(cfg.dataset, data_dir, train_size=cfg.train_size or None, seed=cfg.seed)
-    if problem := check_fits(cfg, dataset.num_train, options.devices):
-        raise ValueError(problem)
-    for i, job in enumerate(jobs):
-        label = f"[{i + 1}/{len(jobs)}] {job.arm} seed {job.seed}"
-        shared = dataclasses.replace(options, dense_from=dense_source(job, out))
-        cycle.run(job.cfg, dataset, job.run_dir(out), label, shared)
-        print(f"done: {job.arm} seed {job.seed}", file=sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,22 +88,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Path(args.out)
-    try:
+    with guard.usage_errors(parser):
         check_study_flags(args)
         overrides = parse_overrides(args.set)
         jobs = jobs_for(args.seeds, overrides)
         devices = parallel.devices_from_args(args)
         prepare_study(args, out, [BASE.dataset])
-    except ValueError as err:
-        parser.error(str(err))
-    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
-        parser.error(guard.file_problem(err))
     words = ["python", "-m", f"experiments.{NAME}", *(sys.argv[1:] if argv is None else argv)]
     command = shlex.join(w for w in words if w != "--report")
 
     def body() -> None:
         if not args.report:
-            run_all(jobs, out, args.data_dir, run_options(args, devices))
+            done = run_jobs(jobs, out, args.data_dir, run_options(args, devices),
+                            dense_from=lambda job: dense_source(job, out))
+            for job in done:
+                print(f"done: {job.arm} seed {job.seed}", file=sys.stderr)
         from experiments import high_sparsity_report  # matplotlib only once there is something to report
 
         path = high_sparsity_report.write(out, Path(args.report_path), jobs_for(list(SEEDS), overrides),

@@ -203,7 +203,7 @@ def run_table(spec: TableSpec, argv: list[str] | None = None) -> int:
     if cfg.ap_rate == 0:
         parser.error("--ap-rate must be positive: it is the X+AP arms' share (the X arms use 0)")
     root = Path(args.out) / identity.study_name(f"{spec.name}-{args.scale}", cfg)
-    try:
+    with guard.usage_errors(parser):
         guard.check_path_text(args.out, "--out")
         guard.check_path_text(args.data_dir, "--data-dir")
         config.check_seeds(args.seeds)
@@ -219,10 +219,6 @@ def run_table(spec: TableSpec, argv: list[str] | None = None) -> int:
             raise ValueError(problem)
         cycle.check_run_dir(root, cfg)  # a study's stored config is the one its name hashes
         guard.make_dir(root)
-    except ValueError as err:  # data.DataError and RunDirError included
-        parser.error(str(err))
-    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
-        parser.error(guard.file_problem(err))
     options = run_options(args, devices)
 
     def body() -> None:

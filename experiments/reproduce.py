@@ -262,8 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.RunOptions) -> Iterator[Job]:
-    """Run (or reuse, or resume) every job in order, loading each dataset variant once."""
+def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.RunOptions,
+             dense_from: Callable[[Job], Path | None] = lambda job: None) -> Iterator[Job]:
+    """Run (or reuse, or resume) every job in order, loading each dataset variant once; a job
+    for which ``dense_from`` names a run directory takes its dense cycle from there."""
     datasets: dict[tuple[str, int, int], feeds.AnyDataset] = {}
     for i, job in enumerate(jobs):
         key = (job.cfg.dataset, job.cfg.train_size, job.cfg.seed if job.cfg.train_size else 0)
@@ -274,7 +276,8 @@ def run_jobs(jobs: list[Job], out: Path, data_dir: str | None, options: cycle.Ru
         if problem := check_fits(job.cfg, dataset.num_train, options.devices):
             raise ValueError(f"{job.part} {job.arm}: {problem}")
         label = f"[{i + 1}/{len(jobs)}] {job.part} {job.arm} seed {job.seed}"
-        cycle.run(job.cfg, dataset, job.run_dir(out), label, options)
+        shared = dataclasses.replace(options, dense_from=dense_from(job))
+        cycle.run(job.cfg, dataset, job.run_dir(out), label, shared)
         yield job
 
 
@@ -284,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     out = Path(args.out)
-    try:
+    with guard.usage_errors(parser):
         check_study_flags(args)
         overrides = parse_overrides(args.set)
         jobs = grid(args.parts, args.seeds, overrides, args.arms)
@@ -293,10 +296,6 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(problem.replace("--rewind-step ", "--set rewind_step="))
         devices = parallel.devices_from_args(args)
         prepare_study(args, out, (job.cfg.dataset for job in jobs))
-    except ValueError as err:
-        parser.error(str(err))
-    except OSError as err:  # a path that cannot be looked at (no permission, a name too long)
-        parser.error(guard.file_problem(err))
 
     def body() -> None:
         if not args.report:

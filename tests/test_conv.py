@@ -36,6 +36,8 @@ CASES = [
     (9, 8, 3, 5, 3, 2, ((1, 1), (1, 1))),
     (2, 7, 3, 3, 1, 2, ((0, 0), (0, 0))),
     (2, 11, 3, 5, 5, 3, ((2, 1), (0, 2))),  # asymmetric padding, stride 3
+    (3, 32, 3, 4, 3, 1, ((1, 1), (1, 1))),  # the row layout (padded grid 1.13x the output)
+    (2, 20, 3, 5, 3, 1, ((2, 0), (1, 1))),  # the row layout, asymmetric padding
 ]
 
 
@@ -69,6 +71,29 @@ def test_weight_grad_sums_chunks_including_a_zero_padded_last_chunk(chunk):
     _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (2, 2), pads, dimension_numbers=conv.NHWC),
                      jnp.zeros((3, 3, 3, 4)))
     np.testing.assert_allclose(conv.weight_grad(x, dy, (3, 3, 3, 4), (2, 2), pads, chunk), vjp(dy)[0], **TOL)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 8])
+def test_row_layout_weight_grad_sums_chunks_including_a_zero_padded_last_chunk(chunk):
+    """5 stride-1 examples on a 16x16 grid padded to 18x18 (the row layout): chunks of 2 leave
+    one zero example; no tap of one example may reach into the next one's rows."""
+    kx, kd = jax.random.split(jax.random.PRNGKey(8))
+    x, dy = jax.random.normal(kx, (5, 16, 16, 3)), jax.random.normal(kd, (5, 16, 16, 4))
+    pads = ((1, 1), (1, 1))
+    assert conv.uses_rows(x.shape, dy.shape, (1, 1), pads)
+    _, vjp = jax.vjp(lambda w: lax.conv_general_dilated(x, w, (1, 1), pads, dimension_numbers=conv.NHWC),
+                     jnp.zeros((3, 3, 3, 4)))
+    np.testing.assert_allclose(conv.weight_grad(x, dy, (3, 3, 3, 4), (1, 1), pads, chunk), vjp(dy)[0], **TOL)
+
+
+def test_row_layout_is_taken_where_padding_adds_little_to_the_grid():
+    """ResNet-20's 3x3 stride-1 convolutions: 34*34/32*32 = 1.13 and 18*18/16*16 = 1.27 take
+    the row layout, 10*10/8*8 = 1.56 and every stride-2 convolution take im2col."""
+    pads = ((1, 1), (1, 1))
+    assert conv.uses_rows((128, 32, 32, 16), (128, 32, 32, 16), (1, 1), pads)
+    assert conv.uses_rows((128, 16, 16, 32), (128, 16, 16, 32), (1, 1), pads)
+    assert not conv.uses_rows((128, 8, 8, 64), (128, 8, 8, 64), (1, 1), pads)
+    assert not conv.uses_rows((128, 32, 32, 16), (128, 16, 16, 32), (2, 2), pads)
 
 
 def test_chunk_size_keeps_a_chunks_patches_within_the_budget():
