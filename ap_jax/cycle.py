@@ -135,13 +135,14 @@ def _variables(state: train.TrainState) -> PyTree:
 
 
 class _Run:
-    """One run's fixed parts (config, compiled steps, checkpoints) and its written rows."""
+    """One run: its fixed parts (config, network, compiled steps, checkpoints), its record of
+    committed rows, and the loop over its cycles (``run``)."""
 
     def __init__(self, cfg: RunConfig, dataset: feeds.AnyDataset, run_dir: Path, label: str,
                  options: RunOptions):
         self.cfg, self.options, self.label = cfg, options, label
-        self.mesh = parallel.make_mesh(options.devices)
-        self.feed = feeds.make_feed(dataset, cfg, self.mesh)
+        mesh = parallel.make_mesh(options.devices)
+        self.feed = feeds.make_feed(dataset, cfg, mesh)
         self.method = methods.get(cfg.method)
         self.store = checkpoint.RunCheckpoints(run_dir, options.keep_checkpoints,
                                                rewind=self.method.start_from == "rewind")
@@ -151,7 +152,7 @@ class _Run:
         self.theta0 = self.store.init_variables(self.network.initial_variables(init_key))
         self.steps_per_epoch = self.feed.num_train // cfg.batch_size
         self.last_cycle = methods.last_cycle(self.method, cfg.cycles)
-        self.trainers = trainers.build_trainers(cfg, self.method, self.network, self.feed, self.mesh,
+        self.trainers = trainers.build_trainers(cfg, self.method, self.network, self.feed, mesh,
                                                 self.theta0["params"], options.skip_nonfinite)
         self.steps = self.trainer(0)[1]  # cycle 0's steps evaluate every cycle
         self.reset = official.reset_rule(cfg, self.fresh_init)
