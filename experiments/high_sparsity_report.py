@@ -42,30 +42,36 @@ PLAN = f"""## Analysis plan (fixed before the results)
 """
 
 
-def epoch_seconds(run_dirs: Sequence[Path]) -> list[float]:
-    """Wall seconds of every epoch recorded so far (training and its evaluation), from the
-    increments of the rows' cumulative ``wall_s`` within each run."""
-    seconds = []
-    for run_dir in run_dirs:
-        walls = [r["wall_s"] for r in records.read_rows(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
-        seconds += [b - a for a, b in zip(walls, walls[1:]) if b > a]
-    return seconds
+RECENT_EPOCHS = 20  # the projection uses the median of this many latest epochs: today's machine, not last week's
+
+
+def trained_epochs(run_dir: Path) -> list[float | None]:
+    """Wall seconds of each epoch this run trained itself (training and its evaluation), oldest
+    first, from the increments of the rows' cumulative ``wall_s`` (None for a run's first epoch,
+    which has none); a dense cycle taken from another run (``dense_cycle_from`` in its provenance)
+    is that run's work and is left out."""
+    rows = [r for r in records.read_rows(run_dir / "metrics.jsonl") if r["kind"] == "epoch"]
+    provenance = records.read_provenance([run_dir])
+    taken = bool(provenance and provenance[0].get("dense_cycle_from"))
+    walls = [None, *(b["wall_s"] - a["wall_s"] for a, b in zip(rows, rows[1:]))]
+    return [w for r, w in zip(rows, walls) if not (taken and r["cycle"] == 0)]
 
 
 def budget_line(jobs: Sequence[Any], out: Path) -> str:
-    """The study's projected CPU time from the median measured epoch, and what is done."""
-    seconds = epoch_seconds([job.run_dir(out) for job in jobs])
-    if not seconds:
-        return "- budget: no epoch measured yet"
+    """Epochs trained of the study's total, and the hours left at the median of the latest epochs."""
     cfg = jobs[0].cfg
     seeds = sorted({job.seed for job in jobs})
-    dense, pruned = cfg.cycle_epochs(0), cfg.cycles * cfg.epochs
-    per_seed = dense + len(jobs) // len(seeds) * pruned  # the dense cycle is trained once per seed
-    median = statistics.median(seconds)
-    return (f"- budget: median epoch {median:.0f} s (training and evaluation, {len(seconds)} epochs "
-            f"measured); {per_seed} epochs a seed, {per_seed * len(seeds)} in all: "
-            f"{median * per_seed * len(seeds) / 3600:.1f} h projected, "
-            f"{sum(seconds) / 3600:.1f} h measured so far")
+    per_seed = cfg.cycle_epochs(0) + len(jobs) // len(seeds) * cfg.cycles * cfg.epochs  # dense cycle once a seed
+    total = per_seed * len(seeds)
+    epochs = [w for job in jobs for w in trained_epochs(job.run_dir(out))]  # job order is run order
+    seconds = [w for w in epochs if w is not None and w > 0]
+    if not seconds:
+        return f"- budget: {len(epochs)} of {total} epochs trained ({per_seed} a seed); none timed yet"
+    recent = statistics.median(seconds[-RECENT_EPOCHS:])
+    left = max(total - len(epochs), 0)
+    return (f"- budget: {len(epochs)} of {total} epochs trained ({per_seed} a seed, the dense cycle once); "
+            f"median of the latest {len(seconds[-RECENT_EPOCHS:])} epochs {recent:.0f} s (training and "
+            f"evaluation), so about {left * recent / 3600:.1f} h left; {sum(seconds) / 3600:.1f} h measured so far")
 
 
 def dense_accuracies(run_dirs: Sequence[Path]) -> list[float]:

@@ -55,3 +55,13 @@ def test_report_states_the_plan_and_the_primary_contrast_from_the_rows(study):
 ])
 def test_the_plan_s_four_verdicts(values, want):
     assert high_sparsity_report.decide(values, ">0", "AP helps", "AP hurts").startswith(want)
+
+
+def test_budget_counts_a_shared_dense_cycle_once(study):
+    root = study / "runs" / "runs" / "resnet20_full"
+    walls = [r["wall_s"] for r in records.read_rows(root / "lrr" / "seed_0" / "metrics.jsonl") if r["kind"] == "epoch"]
+    x_epochs = high_sparsity_report.trained_epochs(root / "lrr" / "seed_0")
+    assert x_epochs[0] is None and np.allclose(x_epochs[1:], np.diff(walls))
+    assert len(high_sparsity_report.trained_epochs(root / "lrr_AP" / "seed_0")) == 2  # its 2 pruned cycles only
+    # 5 seeds x (2 dense + 2 arms x 2 cycles x 1 epoch) = 30 epochs; seeds 0 and 1 trained 2 x (4 + 2)
+    assert "- budget: 12 of 30 epochs trained (6 a seed" in (study / "HS.md").read_text()
