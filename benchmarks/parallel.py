@@ -34,10 +34,11 @@ import numpy as np
 
 from ap_jax import data, masks, models, parallel, records, train
 from ap_jax.config import positive_int
+from experiments import blocks
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_DEVICES = 8
-MARKER = "<!-- benchmarks/parallel.py {backend} {edge} -->"
+BLOCK = "benchmarks/parallel.py {backend}"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 
 
@@ -144,17 +145,10 @@ def report(args: argparse.Namespace) -> str:
 
 
 def write_block(text: str, backend: str, path: Path = REPO / "docs" / "performance.md",
-                marker: str = MARKER) -> None:
-    """Put ``text`` in ``path`` between ``backend``'s markers, adding them (and a Performance
-    section) at the end if missing."""
-    start, end = (marker.format(backend=backend, edge=edge) for edge in ("start", "end"))
-    page, block = path.read_text(), f"{start}\n{text}\n{end}"
-    if start in page and end in page:
-        page = page[: page.index(start)] + block + page[page.index(end) + len(end):]
-    else:
-        section = "" if "\n## Performance\n" in page else "\n\n## Performance"
-        page = page.rstrip("\n") + section + "\n\n" + block + "\n"
-    path.write_text(page)
+                block: str = BLOCK) -> None:
+    """Put ``text`` in ``path``'s block ``block`` of ``backend`` (``experiments.blocks``), adding
+    it (and a Performance section) at the end if missing."""
+    path.write_text(blocks.put(path.read_text(), block.format(backend=backend), text, heading="## Performance"))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,7 +51,7 @@ from benchmarks.parallel import REPO, write_block
 
 MEAN, STD = data.DATASETS["cifar10"].mean, data.DATASETS["cifar10"].std
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-README_MARKER = "<!-- benchmarks/train_step.py {backend} {edge} -->"
+README_BLOCK = "benchmarks/train_step.py {backend}"
 DRIVER = "driver (after)"  # the step ap_jax.cycle trains with: masks, no counting, ap_jax.conv + fused BN
 FLAX_BN = "driver, Flax BatchNorm"
 BEFORE = "driver, lax conv, Flax BN"
@@ -408,7 +408,7 @@ def write_results(text: str, backend: str) -> None:
     if "<!-- benchmarks/train_step.py" not in (RESULTS.read_text() if RESULTS.exists() else ""):
         RESULTS.write_text("# Train-step benchmarks\n\n## Performance\n\nWritten by "
                            "`python -m benchmarks.train_step --write`, one block per backend.\n")
-    write_block(text, backend, path=RESULTS, marker=README_MARKER)
+    write_block(text, backend, path=RESULTS, block=README_BLOCK)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if args.write:
         write_results(text.strip(), jax.default_backend())
-        write_block(text.strip(), jax.default_backend(), path=REPO / "README.md", marker=README_MARKER)
+        write_block(text.strip(), jax.default_backend(), path=REPO / "README.md", block=README_BLOCK)
 
 
 if __name__ == "__main__":

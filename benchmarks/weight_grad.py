@@ -29,7 +29,7 @@ from ap_jax.config import positive_int
 from benchmarks import train_step
 from benchmarks.parallel import write_block
 
-MARKER = "<!-- benchmarks/weight_grad.py {backend} {edge} -->"
+BLOCK = "benchmarks/weight_grad.py {backend}"
 PADS = ((1, 1), (1, 1))
 LAYERS = [(32, 16), (16, 32), (8, 64)]  # (size, channels) of ResNet-20's three stages
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                       *layer_lines(args.repeats), "", *step_lines(args.step_repeats)])
     print(text)
     if args.write:
-        write_block(text, jax.default_backend(), marker=MARKER)
+        write_block(text, jax.default_backend(), block=BLOCK)
     return 0
 
 

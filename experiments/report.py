@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 from ap_jax import plots, records
+from experiments import blocks
 
 Rows = list[dict[str, Any]]
 HOLDS, FAILS, UNSURE = "holds", "does not hold", "inconclusive"
@@ -436,12 +437,16 @@ CPU_SCALE = Scale("small scale, CPU", "Small-scale study: the networks, data siz
 
 
 def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", command: str = "",
-          scale: Scale = CPU_SCALE) -> Path:
+          scale: Scale = CPU_SCALE, carry: Mapping[str, str] | None = None) -> Path:
     """Read every job's run directory and write ``report_path`` and its figures in ``out/figures``.
 
     ``scale`` names the study's scale in the title and says in a sentence what it means for the
-    comparison with the paper.
+    comparison with the paper. ``carry`` names the blocks (``experiments.blocks``) another command
+    owns in this page: each is carried over from the page being replaced, or holds the given text
+    until that command writes it, after the claims table.
     """
+    old_page = report_path.read_text() if report_path.is_file() else ""
+    kept = [blocks.find(old_page, name) or blocks.wrap(name, text) for name, text in (carry or {}).items()]
     parts = load_parts(out, jobs)
     claims = [claim(parts) for claim in CLAIMS]
     folder = out / "figures"
@@ -468,6 +473,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         "|---:|---|---|---|",
         *[f"| {c.number} | {c.statement} | {c.measurement} | **{c.verdict}** |" for c in claims],
         "",
+        *[line for block in kept for line in (block, "")],
         "## Accuracy and DNR per cycle, X = LTH vs X+AP (q = 2 of p = 20 points)",
         "",
         table,

@@ -65,3 +65,22 @@ def test_budget_counts_a_shared_dense_cycle_once(study):
     assert len(high_sparsity_report.trained_epochs(root / "lrr_AP" / "seed_0")) == 2  # its 2 pruned cycles only
     # 5 seeds x (2 dense + 2 arms x 2 cycles x 1 epoch) = 30 epochs; seeds 0 and 1 trained 2 x (4 + 2)
     assert "- budget: 12 of 30 epochs trained (6 a seed" in (study / "HS.md").read_text()
+
+
+def test_the_study_writes_its_verdicts_into_the_reproduction_report(study, capsys):
+    root = study / "runs" / "runs" / "resnet20_full"
+    page = study / "REPRODUCTION.md"
+    page.write_text("# R\n\nkept\n<!-- experiments.high_sparsity claims start -->\nold\n"
+                    "<!-- experiments.high_sparsity claims end -->\nalso kept\n")
+    argv = [*TINY, "--report", "--data-dir", "unused", "--out", str(study / "runs"), "--report-path", str(study / "HS.md")]
+    assert high_sparsity.main(argv) == 0  # the default claims page: REPRODUCTION.md beside the report
+    text = page.read_text()
+    assert text.startswith("# R\n\nkept\n<!-- experiments.high_sparsity claims start -->\n## The claims with BatchNorm")
+    assert text.endswith("<!-- experiments.high_sparsity claims end -->\nalso kept\n") and "\nold\n" not in text
+    gaps = [100 * (cycle_values(root / "lrr_AP" / f"seed_{s}", "dnr")[2] - cycle_values(root / "lrr" / f"seed_{s}", "dnr")[2])
+            for s in (0, 1)]
+    assert f"secondary: DNR, X+AP − X: {np.mean(gaps):+.2f} ± " in text and "([report](HS.md))" in text
+    assert "4 of 10 runs complete; seeds with both arms: 0, 1 of 5." in text
+    missing = study / "nowhere.md"
+    assert high_sparsity.main([*argv, "--claims-path", str(missing)]) == 0
+    assert not missing.exists() and f"not written: {missing}" in capsys.readouterr().err

@@ -188,3 +188,15 @@ def test_dnr_effect_right_after_the_prune_and_after_retraining():
     np.testing.assert_allclose(immediate, [[-0.02, -0.04], [-0.03, -0.03]], atol=1e-12)
     np.testing.assert_allclose(retrained, [[-0.01, -0.02], [-0.01, -0.01]], atol=1e-12)
     assert report.dnr_effect(x, report.Arm(ap.cycle_rows, {}, 0.0, [], [])) is None  # no prune rows
+
+
+def test_a_block_another_command_owns_is_carried_over(study):
+    out, jobs = study
+    path = out / "REPRODUCTION.md"
+    text = report.write(out, path, jobs, carry={"other": "PLACEHOLDER"}).read_text()
+    claims_end = text.index("| 6 |")
+    assert claims_end < text.index("<!-- other start -->\nPLACEHOLDER\n<!-- other end -->") < text.index("## Accuracy")
+    path.write_text(text.replace("PLACEHOLDER", "the other command's verdicts"))
+    again = report.write(out, path, jobs, carry={"other": "PLACEHOLDER"}).read_text()
+    assert "<!-- other start -->\nthe other command's verdicts\n<!-- other end -->" in again
+    assert "PLACEHOLDER" not in again
