@@ -76,10 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field in every run, e.g. --set epochs=1 (tiny checks)")
     parser.add_argument("--report", action="store_true", help="only write the report from the runs present")
     parser.add_argument("--report-path", default="HIGH_SPARSITY.md",
-                        help="where the report goes (default: HIGH_SPARSITY.md); figures go to <out>/figures")
-    parser.add_argument("--claims-path", default=None,
-                        help="the reproduction report whose high-sparsity section this study rewrites, if "
-                             "that file exists (default: REPRODUCTION.md beside --report-path)")
+                        help="where the report goes (default: HIGH_SPARSITY.md); figures go to <out>/figures; "
+                             "the study's marked sections of README.md and REPRODUCTION.md in that folder are "
+                             "rewritten too")
     add_run_options(parser)
     parallel.add_args(parser)
     return parser
@@ -93,14 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     with guard.usage_errors(parser):
         check_study_flags(args)
-        guard.check_path_text(args.claims_path, "--claims-path")
         overrides = parse_overrides(args.set)
         jobs = jobs_for(args.seeds, overrides)
         devices = parallel.devices_from_args(args)
         prepare_study(args, out, [BASE.dataset])
-        claims_path = Path(args.report_path).parent / "REPRODUCTION.md" if args.claims_path is None \
-            else Path(args.claims_path)
-        guard.check_file_target(claims_path, "--claims-path")
     words = ["python", "-m", f"experiments.{NAME}", *(sys.argv[1:] if argv is None else argv)]
     command = shlex.join(w for w in words if w != "--report")
 
@@ -113,10 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         from experiments import high_sparsity_report  # matplotlib only once there is something to report
 
         path = high_sparsity_report.write(out, Path(args.report_path), jobs_for(list(SEEDS), overrides),
-                                          note=DATA_NOTE, command=command, claims_path=claims_path)
+                                          note=DATA_NOTE, command=command)
         print(f"written: {path}")
-        if not claims_path.is_file():
-            print(f"not written: {claims_path} (no such file), which holds this study's verdicts", file=sys.stderr)
 
     return guard.guarded(parser, body, out, also=(ValueError,))
 

@@ -67,20 +67,39 @@ def test_budget_counts_a_shared_dense_cycle_once(study):
     assert "- budget: 12 of 30 epochs trained (6 a seed" in (study / "HS.md").read_text()
 
 
-def test_the_study_writes_its_verdicts_into_the_reproduction_report(study, capsys):
+def test_the_study_rewrites_its_blocks_in_the_pages_beside_its_report(study):
     root = study / "runs" / "runs" / "resnet20_full"
-    page = study / "REPRODUCTION.md"
-    page.write_text("# R\n\nkept\n<!-- experiments.high_sparsity claims start -->\nold\n"
-                    "<!-- experiments.high_sparsity claims end -->\nalso kept\n")
+    pages = {name: study / name for name in ("REPRODUCTION.md", "README.md")}
+    for name, block in (("REPRODUCTION.md", "claims"), ("README.md", "readme")):
+        pages[name].write_text(f"# R\n\nkept\n<!-- experiments.high_sparsity {block} start -->\nold\n"
+                               f"<!-- experiments.high_sparsity {block} end -->\nalso kept\n")
     argv = [*TINY, "--report", "--data-dir", "unused", "--out", str(study / "runs"), "--report-path", str(study / "HS.md")]
-    assert high_sparsity.main(argv) == 0  # the default claims page: REPRODUCTION.md beside the report
-    text = page.read_text()
-    assert text.startswith("# R\n\nkept\n<!-- experiments.high_sparsity claims start -->\n## The claims with BatchNorm")
-    assert text.endswith("<!-- experiments.high_sparsity claims end -->\nalso kept\n") and "\nold\n" not in text
-    gaps = [100 * (cycle_values(root / "lrr_AP" / f"seed_{s}", "dnr")[2] - cycle_values(root / "lrr" / f"seed_{s}", "dnr")[2])
-            for s in (0, 1)]
-    assert f"secondary: DNR, X+AP − X: {np.mean(gaps):+.2f} ± " in text and "([report](HS.md))" in text
-    assert "4 of 10 runs complete; seeds with both arms: 0, 1 of 5." in text
-    missing = study / "nowhere.md"
-    assert high_sparsity.main([*argv, "--claims-path", str(missing)]) == 0
-    assert not missing.exists() and f"not written: {missing}" in capsys.readouterr().err
+    assert high_sparsity.main(argv) == 0
+    for name, block in (("REPRODUCTION.md", "claims"), ("README.md", "readme")):
+        text = pages[name].read_text()
+        assert text.startswith(f"# R\n\nkept\n<!-- experiments.high_sparsity {block} start -->\n")
+        assert text.endswith(f"<!-- experiments.high_sparsity {block} end -->\nalso kept\n") and "\nold\n" not in text
+        assert "([report](HS.md))" in text
+    gap = {key: [100 * (cycle_values(root / "lrr_AP" / f"seed_{s}", key)[2] - cycle_values(root / "lrr" / f"seed_{s}", key)[2])
+                 for s in (0, 1)] for key in ("test_accuracy", "dnr")}
+    claims, readme = pages["REPRODUCTION.md"].read_text(), pages["README.md"].read_text()
+    assert f"secondary: DNR, X+AP − X: {np.mean(gap['dnr']):+.2f} ± " in claims
+    assert "4 of 10 runs complete; seeds with both arms: 0, 1 of 5." in claims
+    assert f"AP changed test accuracy by {np.mean(gap['test_accuracy']):+.2f} ± " in readme
+    # the DNR right after the prune that made cycle 2, from the prune rows, against the cycle's end
+    prune_gap = [100 * (prune_dnr(root / "lrr_AP" / f"seed_{s}") - prune_dnr(root / "lrr" / f"seed_{s}")) for s in (0, 1)]
+    assert f"AP's DNR gap was {np.mean(prune_gap):+.2f} points and after retraining {np.mean(gap['dnr']):+.2f}" in readme
+
+
+def test_a_page_without_the_study_s_markers_is_left_alone(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text("# mine\n")
+    assert not high_sparsity_report.write_block(page, high_sparsity_report.README_BLOCK, "x")
+    assert page.read_text() == "# mine\n"
+    assert not high_sparsity_report.write_block(tmp_path / "absent.md", high_sparsity_report.README_BLOCK, "x")
+    assert not (tmp_path / "absent.md").exists()
+
+
+def prune_dnr(run_dir):
+    """The DNR right after the prune that made cycle 2 (its prune row)."""
+    return next(r["dnr"] for r in records.read_rows(run_dir / "metrics.jsonl") if r["kind"] == "prune" and r["cycle"] == 2)
