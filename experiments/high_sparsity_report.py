@@ -203,8 +203,8 @@ def readme_sentences(x: report.Arm, ap: report.Arm, status: str, link: str) -> s
     cycles = [c - 1 for c in high_cycles(x)]  # the effect's columns are the pruned cycles 1, 2, ...
     immediate, retrained = (float(np.mean(e[:, cycles])) for e in effect)
     kept = f"{retrained / immediate:.0%}" if abs(immediate) > 1e-12 else "none (there was none)"
-    return (f"{first} Right after each prune AP's DNR gap was {100 * immediate:+.2f} points and after "
-            f"retraining {100 * retrained:+.2f}, so retraining kept "
+    return (f"{first} Over the same cycles AP's DNR gap was {100 * immediate:+.2f} points right after each "
+            f"prune and {100 * retrained:+.2f} after retraining, so retraining kept "
             f"{kept} of AP's immediate effect ([report]({link})).")
 
 
