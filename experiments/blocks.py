@@ -7,6 +7,8 @@ block over, so neither undoes the other.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 def edges(name: str) -> tuple[str, str]:
     """The start and end markers of block ``name``."""
@@ -22,10 +24,9 @@ def wrap(name: str, text: str) -> str:
 def find(page: str, name: str) -> str | None:
     """Block ``name`` of ``page``, markers included, or None if the page lacks either marker."""
     start, end = edges(name)
-    if start not in page or end not in page[page.index(start):]:
-        return None
-    first = page.index(start)
-    return page[first: page.index(end, first) + len(end)]
+    first = page.find(start)
+    last = page.find(end, first) if first >= 0 else -1
+    return page[first: last + len(end)] if last >= 0 else None
 
 
 def put(page: str, name: str, text: str, heading: str = "") -> str:
@@ -36,3 +37,13 @@ def put(page: str, name: str, text: str, heading: str = "") -> str:
         return page.replace(old, block, 1)
     section = f"\n\n{heading}" if heading and f"\n{heading}\n" not in page else ""
     return page.rstrip("\n") + section + "\n\n" + block + "\n"
+
+
+def rewrite(path: Path, name: str, text: str) -> bool:
+    """Rewrite block ``name`` of the page at ``path`` with ``text`` if the page holds that block's
+    markers (a page without them, or no page, is left alone); whether it did."""
+    old = path.read_text() if path.is_file() else ""
+    if find(old, name) is None:
+        return False
+    path.write_text(put(old, name, text))
+    return True

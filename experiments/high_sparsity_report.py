@@ -72,10 +72,11 @@ def budget_line(jobs: Sequence[Any], out: Path) -> str:
     seconds = [w for w in epochs if w is not None and w > 0]
     if not seconds:
         return f"- budget: {len(epochs)} of {total} epochs trained ({per_seed} a seed); none timed yet"
-    recent = statistics.median(seconds[-RECENT_EPOCHS:])
+    latest = seconds[-RECENT_EPOCHS:]
+    recent = statistics.median(latest)
     left = max(total - len(epochs), 0)
     return (f"- budget: {len(epochs)} of {total} epochs trained ({per_seed} a seed, the dense cycle once); "
-            f"median of the latest {len(seconds[-RECENT_EPOCHS:])} epochs {recent:.0f} s (training and "
+            f"median of the latest {len(latest)} epochs {recent:.0f} s (training and "
             f"evaluation), so about {left * recent / 3600:.1f} h left; {sum(seconds) / 3600:.1f} h measured so far")
 
 
@@ -134,24 +135,19 @@ def secondary(x: report.Arm, ap: report.Arm) -> Contrast:
     return contrast("secondary: DNR, X+AP − X", x, ap, "dnr", "<0", "AP lowers the DNR", "AP raises the DNR")
 
 
-def dnr_fall(x: report.Arm) -> report.Estimate:
-    """DNR at the last cycle minus the dense DNR under X alone (claim 1; descriptive here)."""
-    dnr = np.array(list(report.metric(x, "dnr").values()))
-    return report.estimate(dnr[:, -1] - dnr[:, 0]) if dnr.size else report.estimate([])
-
-
-def claims_block(x: report.Arm, ap: report.Arm, status: str, link: str) -> str:
+def claims_block(x: report.Arm, contrasts: tuple[Contrast, Contrast] | None, status: str, link: str) -> str:
     """The section of REPRODUCTION.md this study owns: the paper's claims at its sparsity with
-    BatchNorm, decided by the plan's contrasts (``link``: HIGH_SPARSITY.md from that page)."""
+    BatchNorm, decided by the plan's ``contrasts`` (primary, secondary; None before a seed has
+    both arms) (``link``: HIGH_SPARSITY.md from that page)."""
     lines = ["## The claims with BatchNorm at the paper's sparsity (ResNet-20, all of CIFAR-10)", "",
              "Small scale next to the paper: LRR, 30 dense epochs, 3 epochs per pruned cycle, 20 cycles down "
              f"to 1.15 % of the weights. Written by the high-sparsity study ([report]({link})), whose two "
              "contrasts were fixed before its results: X+AP − X paired by seed, averaged over the cycles at "
              f"≤ {100 * HIGH_SPARSITY:g} % remaining. {status}", ""]
-    if not (x.cycle_rows and ap.cycle_rows):
+    if contrasts is None:
         return "\n".join(lines + ["No seed has both arms complete yet: no verdict."])
-    acc, dnr = primary(x, ap), secondary(x, ap)
-    fall = dnr_fall(x)
+    acc, dnr = contrasts
+    fall = report.claim_dnr_falls({"resnet20_full": {report.BASE: x}})
     return "\n".join(lines + [
         "| # | claim (paper) | measured | verdict |", "|---:|---|---|---|",
         f"| 3 | AP >= X in test accuracy where sparsity is high (paper: +3 to 4 points) | {acc.name}: "
@@ -159,14 +155,14 @@ def claims_block(x: report.Arm, ap: report.Arm, status: str, link: str) -> str:
         f"| 2, 5 | AP (q = 2 of p = 20 points) lowers the dynamic DNR, with BatchNorm | {dnr.name}: "
         f"{dnr.estimate.seeds_text()} pts | **{dnr.verdict}** |",
         f"| 1 | The dynamic DNR falls as sparsity rises (X = LRR) | descriptive, not one of the plan's contrasts: "
-        f"DNR(last) − DNR(dense) = {fall.seeds_text()} pts | {report.verdict(fall, '<0')} |",
+        f"{fall.measurement} | {fall.verdict} |",
         "", "Claims 4 (the ablations) and 6 (the official code's semantics) were not run at this scale."])
 
 
-def mechanism(x: report.Arm, ap: report.Arm, folder: Path) -> tuple[list[str], Path | None]:
-    """The per-cycle bookkeeping table and the figure of AP's DNR effect right after each prune
-    and after retraining, over the seeds both arms completed."""
-    effect = report.dnr_effect(x, ap)
+def mechanism(x: report.Arm, ap: report.Arm, effect: tuple[np.ndarray, np.ndarray] | None,
+              folder: Path) -> tuple[list[str], Path | None]:
+    """The per-cycle bookkeeping table and the figure of AP's DNR ``effect`` (``report.dnr_effect``)
+    right after each prune and after retraining, over the seeds both arms completed."""
     if effect is None:
         return ["No paired seed is complete yet."], None
     immediate, retrained = effect
@@ -184,20 +180,20 @@ def mechanism(x: report.Arm, ap: report.Arm, folder: Path) -> tuple[list[str], P
     return lines, path
 
 
-def readme_sentences(x: report.Arm, ap: report.Arm, status: str, link: str) -> str:
-    """What the study found, in two sentences for the README (the primary and secondary contrasts,
-    and how much of AP's immediate DNR effect survives retraining; ``link``: the report)."""
+def readme_sentences(x: report.Arm, contrasts: tuple[Contrast, Contrast] | None,
+                     effect: tuple[np.ndarray, np.ndarray] | None, status: str, link: str) -> str:
+    """What the study found, in two sentences for the README: the plan's ``contrasts`` and how much
+    of AP's immediate DNR ``effect`` (``report.dnr_effect``) survives retraining (``link``: the report)."""
     where = ("ResNet-20 with BatchNorm on all of the JPEG-rebuilt CIFAR-10 copy, whose accuracies run 1-3 "
              "points under published ones; LRR down to 1.15 % of the weights; small scale: 3 epochs per "
              "pruned cycle")
-    if not (x.cycle_rows and ap.cycle_rows):
+    if contrasts is None:
         return f"**High-sparsity study** ({where}): in progress, {status} No verdict yet ([report]({link}))."
-    acc, dnr = primary(x, ap), secondary(x, ap)
+    acc, dnr = contrasts
     first = (f"**High-sparsity study** ({where}; {acc.estimate.n} paired seeds): over the cycles at "
              f"≤ {100 * HIGH_SPARSITY:g} % remaining AP changed test accuracy by {acc.estimate.text()} points "
              f"(**{acc.verdict}**; the paper reports +3 to 4 at full scale) and the dead neuron rate by "
              f"{dnr.estimate.text()} points (**{dnr.verdict}**).")
-    effect = report.dnr_effect(x, ap)
     if effect is None:
         return f"{first} ([report]({link}))"
     cycles = [c - 1 for c in high_cycles(x)]  # the effect's columns are the pruned cycles 1, 2, ...
@@ -208,19 +204,9 @@ def readme_sentences(x: report.Arm, ap: report.Arm, status: str, link: str) -> s
             f"{kept} of AP's immediate effect ([report]({link})).")
 
 
-def write_block(page: Path, name: str, text: str) -> bool:
-    """Rewrite block ``name`` of ``page`` with ``text`` when the page holds that block's markers
-    (the README and REPRODUCTION.md do; a page without them is left alone); whether it did."""
-    old = page.read_text() if page.is_file() else ""
-    if blocks.find(old, name) is None:
-        return False
-    page.write_text(blocks.put(old, name, text))
-    return True
-
-
 def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", command: str = "") -> Path:
     """Read every job's run directory and write ``report_path`` and its figure in ``out/figures``,
-    and this study's blocks into REPRODUCTION.md and README.md beside it (``write_block``)."""
+    and this study's blocks into REPRODUCTION.md and README.md beside it (``blocks.rewrite``)."""
     by_arm: dict[str, dict[int, Path]] = {}
     for job in jobs:
         by_arm.setdefault(job.arm, {})[job.seed] = job.run_dir(out)
@@ -234,8 +220,10 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
              + ("." if done == len(jobs) else "; rerun the command below to continue the study."), "",
              f"Regenerate (runs what is missing, then rewrites this file): `{command}`", "",
              note, "", PLAN]
-    if x.cycle_rows and ap.cycle_rows:
-        acc, dnr = primary(x, ap), secondary(x, ap)
+    contrasts = (primary(x, ap), secondary(x, ap)) if x.cycle_rows and ap.cycle_rows else None
+    effect = report.dnr_effect(x, ap)
+    if contrasts is not None:
+        acc, dnr = contrasts
         lines += ["## Results", "", "| contrast (cycles at ≤ 10 % remaining) | mean ± 95 % interval (per seed) | "
                   "verdict |", "|---|---|---|", acc.row(), dnr.row(), "",
                   f"- Claim 3 at this scale (AP ≥ X in accuracy where sparsity is high): {acc.verdict}.",
@@ -247,7 +235,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         lines += ["", f"Dense accuracy reached (cycle 0, {dense.n} seed(s)): {dense.level_text()} %"
                   + ("" if dense.mean >= DENSE_TARGET else
                      f", under the {100 * DENSE_TARGET:g} % expected of ResNet-20 on this copy")]
-    table, figure = mechanism(x, ap, out / "figures")
+    table, figure = mechanism(x, ap, effect, out / "figures")
     lines += ["", "## Mechanism: what each prune did, and what of AP's DNR effect survives retraining", "",
               *table]
     if figure is not None:
@@ -266,7 +254,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
     status = (f"{done} of {len(jobs)} runs complete; seeds with both arms: "
               f"{', '.join(map(str, seeds)) or 'none'} of {len(x_dirs)}.")
     for page, name, text in (
-            ("REPRODUCTION.md", CLAIMS_BLOCK, claims_block(x, ap, status, report_path.name)),
-            ("README.md", README_BLOCK, readme_sentences(x, ap, status, report_path.name))):
-        write_block(report_path.parent / page, name, text)
+            ("REPRODUCTION.md", CLAIMS_BLOCK, claims_block(x, contrasts, status, report_path.name)),
+            ("README.md", README_BLOCK, readme_sentences(x, contrasts, effect, status, report_path.name))):
+        blocks.rewrite(report_path.parent / page, name, text)
     return report_path

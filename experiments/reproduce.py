@@ -311,7 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             "to 1.15 %, five seeds, a pre-registered contrast) are the high-sparsity study's: " \
             "`python -m experiments.high_sparsity`, which writes its verdicts after the claims table."
         path = report.write(out, Path(args.report_path), reported, note=note, command=command,
-                            scale=report_scale(args.set), carry={high_sparsity_report.CLAIMS_BLOCK: high_sparsity_report.PENDING})
+                            scale=report_scale(args.set),
+                            carry={high_sparsity_report.CLAIMS_BLOCK: high_sparsity_report.PENDING})
         print(f"written: {path}")
 
     return guard.guarded(parser, body, out, also=(ValueError,))

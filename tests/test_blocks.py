@@ -32,3 +32,12 @@ def test_the_benchmark_blocks_in_the_repo_are_found_by_the_names_the_benchmarks_
     page = (REPO / "docs" / "performance.md").read_text()
     for name in (parallel.BLOCK, weight_grad.BLOCK):
         assert blocks.find(page, name.format(backend="cpu"))
+
+
+def test_a_page_without_the_study_s_markers_is_left_alone(tmp_path):
+    page = tmp_path / "README.md"
+    page.write_text("# mine\n")
+    assert not blocks.rewrite(page, "b", "x")
+    assert page.read_text() == "# mine\n"
+    assert not blocks.rewrite(tmp_path / "absent.md", "b", "x")
+    assert not (tmp_path / "absent.md").exists()

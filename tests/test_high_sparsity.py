@@ -92,15 +92,6 @@ def test_the_study_rewrites_its_blocks_in_the_pages_beside_its_report(study):
             f"{np.mean(gap['dnr']):+.2f} after retraining") in readme
 
 
-def test_a_page_without_the_study_s_markers_is_left_alone(tmp_path):
-    page = tmp_path / "README.md"
-    page.write_text("# mine\n")
-    assert not high_sparsity_report.write_block(page, high_sparsity_report.README_BLOCK, "x")
-    assert page.read_text() == "# mine\n"
-    assert not high_sparsity_report.write_block(tmp_path / "absent.md", high_sparsity_report.README_BLOCK, "x")
-    assert not (tmp_path / "absent.md").exists()
-
-
 def prune_dnr(run_dir):
     """The DNR right after the prune that made cycle 2 (its prune row)."""
     return next(r["dnr"] for r in records.read_rows(run_dir / "metrics.jsonl") if r["kind"] == "prune" and r["cycle"] == 2)
