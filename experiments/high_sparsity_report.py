@@ -30,7 +30,9 @@ PLAN = f"""## Analysis plan (fixed before the results)
 - **Primary contrast.** For each seed, the test-accuracy difference X+AP − X averaged over the
   pruned cycles at ≤ {100 * HIGH_SPARSITY:g} % remaining weights (cycles 11-20: 8.6 % down to 1.15 %);
   the mean over the five seeds with its 95 % Student-t interval (paired by seed, 4 degrees of
-  freedom). AP **helps** if the interval lies above 0, **hurts** if below. **No difference** is
+  freedom). Should the ~30 h budget stop the study after seeds 0-2, the same test runs on those
+  three (2 degrees of freedom, each seed's value printed beside the interval) and the report
+  says so; seeds 3-4 stay resumable. AP **helps** if the interval lies above 0, **hurts** if below. **No difference** is
   claimed only by equivalence: two one-sided t tests at 5 % with a margin of
   ±{100 * EQUIVALENCE_MARGIN:g} point (the 90 % interval inside it), a third of the smallest gain the
   paper reports (+3 points); anything else is **inconclusive**.
