@@ -192,7 +192,8 @@ def readme_sentences(x: report.Arm, contrasts: tuple[Contrast, Contrast] | None,
     if contrasts is None:
         return f"**High-sparsity study** ({where}): in progress, {status} No verdict yet ([report]({link}))."
     acc, dnr = contrasts
-    first = (f"**High-sparsity study** ({where}; {acc.estimate.n} paired seeds): over the cycles at "
+    seeds = f"{acc.estimate.n} paired seed" + ("s" if acc.estimate.n != 1 else "")
+    first = (f"**High-sparsity study** ({where}; {seeds}): over the cycles at "
              f"≤ {100 * HIGH_SPARSITY:g} % remaining AP changed test accuracy by {acc.estimate.text()} points "
              f"(**{acc.verdict}**; the paper reports +3 to 4 at full scale) and the dead neuron rate by "
              f"{dnr.estimate.text()} points (**{dnr.verdict}**).")
