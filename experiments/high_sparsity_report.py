@@ -192,7 +192,7 @@ def readme_sentences(x: report.Arm, contrasts: tuple[Contrast, Contrast] | None,
     if contrasts is None:
         return f"**High-sparsity study** ({where}): in progress, {status} No verdict yet ([report]({link}))."
     acc, dnr = contrasts
-    seeds = f"{acc.estimate.n} paired seed" + ("s" if acc.estimate.n != 1 else "")
+    seeds = report.counted(acc.estimate.n, "paired seed")
     first = (f"**High-sparsity study** ({where}; {seeds}): over the cycles at "
              f"≤ {100 * HIGH_SPARSITY:g} % remaining AP changed test accuracy by {acc.estimate.text()} points "
              f"(**{acc.verdict}**; the paper reports +3 to 4 at full scale) and the dead neuron rate by "
@@ -235,7 +235,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
                   "numbers not recovered)."]
     dense = report.estimate(dense_accuracies(list(x_dirs.values())))
     if dense.n:
-        lines += ["", f"Dense accuracy reached (cycle 0, {dense.n} seed(s)): {dense.level_text()} %"
+        lines += ["", f"Dense accuracy reached (cycle 0, {report.counted(dense.n, 'seed')}): {dense.level_text()} %"
                   + ("" if dense.mean >= DENSE_TARGET else
                      f", under the {100 * DENSE_TARGET:g} % expected of ResNet-20 on this copy")]
     table, figure = mechanism(x, ap, effect, out / "figures")

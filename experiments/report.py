@@ -64,6 +64,11 @@ class Estimate:
         return self.text(scale, digits).lstrip("+")
 
 
+def counted(n: int, noun: str) -> str:
+    """``n`` and ``noun``, the noun in the plural unless ``n`` is one: ``"1 seed"``, ``"3 seeds"``."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def estimate(values: Iterable[float], level: float = 0.95) -> Estimate:
     """Mean and Student-t confidence half-width ``t_{(1+level)/2, n-1} * s / sqrt(n)``."""
     x = np.asarray(list(values), dtype=np.float64)
@@ -451,7 +456,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
     claims = [claim(parts) for claim in CLAIMS]
     folder = out / "figures"
     figure_paths = figures(parts, folder)
-    status = [f"- {part} {name}: {len(arm.cycle_rows)} complete seed(s)"
+    status = [f"- {part} {name}: {counted(len(arm.cycle_rows), 'complete seed')}"
               + (f"; in progress or missing: {', '.join(arm.incomplete)}" if arm.incomplete else "")
               for part, arms in parts.items() for name, arm in arms.items()]
     rel = _relative(report_path.parent, folder)

@@ -79,14 +79,14 @@ def test_study_continues_where_it_stopped(fake_data, tmp_path):
     common = [*TINY, "--data-dir", str(fake_data), "--out", str(out), "--report-path", str(md)]
     assert reproduce.main([*common, "--seeds", "0"]) == 0
     seed0 = {p: p.read_bytes() for p in out.glob("runs/mlp/*/seed_0/metrics.jsonl")}
-    assert len(seed0) == 2 and "1 complete seed(s)" in md.read_text()
+    assert len(seed0) == 2 and "1 complete seed" in md.read_text()
     assert reproduce.main([*common, "--seeds", "0", "1"]) == 0  # seed 0 reused, seed 1 added
     assert {p: p.read_bytes() for p in out.glob("runs/mlp/*/seed_0/metrics.jsonl")} == seed0
     assert len(list(out.glob("runs/mlp/*/seed_1/metrics.jsonl"))) == 2
     text = md.read_text()
     assert text.startswith("# Reproduction of AP's headline claims (--set epochs=1 cycles=2 batch_size=40")
     assert "with `--set epochs=1 cycles=2" in text and "Small-scale study" not in text
-    assert "2 complete seed(s)" in text and "| 2 | 64.0 |" in text and (out / "figures" / "mlp_layer_dnr.png").exists()
+    assert "2 complete seeds" in text and "| 2 | 64.0 |" in text and (out / "figures" / "mlp_layer_dnr.png").exists()
     assert reproduce.main([*common, "--seeds", "0", "1", "--report"]) == 0
 
 
@@ -99,8 +99,8 @@ def test_a_run_of_part_of_the_grid_reports_the_whole_study(fake_data, tmp_path):
     assert f"**Status: 2 of {whole} runs complete**" in md.read_text()
     assert reproduce.main([*common, "--arms", "lth", "--seeds", "0", "--report"]) == 0  # one arm asked for
     text = md.read_text()
-    assert f"**Status: 2 of {whole} runs complete**" in text and "- mlp lth+AP: 1 complete seed(s)" in text
-    assert "- resnet20 lth: 0 complete seed(s); in progress or missing: seed 0" in text
+    assert f"**Status: 2 of {whole} runs complete**" in text and "- mlp lth+AP: 1 complete seed" in text
+    assert "- resnet20 lth: 0 complete seeds; in progress or missing: seed 0" in text
     assert "--parts" not in text and "--arms" not in text  # the regenerate command is the whole study's
     regenerate = (f"`python -m experiments.reproduce --out {out} --data-dir {fake_data} --report-path {md} "
                   "--set epochs=1")
@@ -118,8 +118,8 @@ def test_a_study_beyond_the_default_grid_reports_its_runs_and_no_others(fake_dat
     assert "`python -m experiments.reproduce --parts mlp --arms lth lth+AP --set epochs=1" in text
     assert reproduce.main([*common, "--seeds", "6", "--arms", "lth", "--report"]) == 0
     text = md.read_text()
-    assert "**Status: 2 of 3 runs complete**" in text and "- mlp lth+AP: 1 complete seed(s)\n" in text
-    assert "- mlp lth: 1 complete seed(s); in progress or missing: seed 6: 0 of 3 cycles" in text
+    assert "**Status: 2 of 3 runs complete**" in text and "- mlp lth+AP: 1 complete seed\n" in text
+    assert "- mlp lth: 1 complete seed; in progress or missing: seed 6: 0 of 3 cycles" in text
     assert f"Some runs come from earlier commands on {out}." in text
 
 
