@@ -101,7 +101,8 @@ class RunConfig:
     cycles: int = _field(5, "pruning cycles after the dense run (remaining share 0.8^c)", integer(1, 1000))
     epochs: int = _field(10, "training epochs per cycle", integer(1, 10_000))
     dense_epochs: int = _field(0, "training epochs of the dense cycle 0, with its own LR schedule of that "
-                               "length (0: --epochs, like every cycle)", integer(1, 10_000, zero="--epochs"), added=True)
+                               "length (0: --epochs, like every cycle)", integer(1, 10_000, zero="--epochs"),
+                               added=True)
     batch_size: int = _field(128, "training batch size (at most the training examples: checked against the data)",
                              integer(1))
     lr: float = _field(0.1, "peak learning rate", real(0, low_open=True))

@@ -96,7 +96,8 @@ def _plain(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: Paddin
 def _taps(x: jax.Array, kernel: tuple[int, int], strides: tuple[int, int], out_hw: tuple[int, int]) -> list[jax.Array]:
     """The ``kh * kw`` strided windows of a padded NHWC ``x`` that meet each kernel tap."""
     (kh, kw), (sh, sw), (ho, wo) = kernel, strides, out_hw
-    return [x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :] for i in range(kh) for j in range(kw)]
+    return [x[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+            for i in range(kh) for j in range(kw)]
 
 
 def chunk_size(n: int, out_hw: tuple[int, int], kernel: tuple[int, int], cin: int) -> int:

@@ -12,8 +12,9 @@ gap between the paper's numbers and ours::
 The driver (``ap_jax.cycle``, ``ap_jax.trainers``) tests none of these switches: it asks this
 module for the prune (``prune_function``), the train-step factory (``step_factory``), the LR
 schedule (``schedule_function``), how a pruned cycle's training state starts (``reset_rule``), how
-weights are drawn (``initializer``) and how masks are counted (``counted_view``). At the defaults each hands back the paper's behaviour from the core modules;
-the official variants live here and in ``ap_jax.official_prune``.
+weights are drawn (``initializer``) and how masks are counted (``counted_view``). At the defaults
+each hands back the paper's behaviour from the core modules; the official variants live here and
+in ``ap_jax.official_prune``.
 
 The switches (``weight_decay``/``decay_all``, ``lr_schedule``, ``reinit``, ``init``,
 ``mask_bn_scale``, ``prune_rule``, ``duplicated_pool``, ``reapply_mask``), the lines of the

@@ -210,7 +210,8 @@ def prune_count(
     slots = [i for i, m in enumerate(leaves) if jnp.ndim(m) >= 2]
     new_leaves = list(leaves)
     if scope == "global":
-        keep = _keep_after_pruning_lowest([leaves[i] for i in slots], [score_leaves[i] for i in slots], count, spare_inf)
+        keep = _keep_after_pruning_lowest([leaves[i] for i in slots], [score_leaves[i] for i in slots], count,
+                                          spare_inf)
         for i, k in zip(slots, keep):
             new_leaves[i] = k
     else:

@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> None:
             wall = (time.perf_counter() - start) / args.steps
         totals = op_times(Path(tmp))
     op_sum = sum(totals.values()) / args.steps / 1e3
-    command = "python -m benchmarks.profile_step " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m benchmarks.profile_step " + " ".join(shlex.quote(a) for a in given)
     lines = [
         f"Machine: {train_step.machine()}", "", f"Command: `{command.strip()}`", "",
         f"ResNet-20 train step as the driver runs it, batch {args.batch}, conv path {args.impl}, ReLU counting "

@@ -279,7 +279,8 @@ def epoch_vs_steps(model, variables, tx, images, labels, batch: int, rounds: int
         total = 0.0
         for i in range(order.shape[0]):
             start = time.perf_counter()
-            state, metrics = steps.train(state, images, labels, parallel.shard_batch(order[i], mesh), jax.random.PRNGKey(i))
+            index = parallel.shard_batch(order[i], mesh)
+            state, metrics = steps.train(state, images, labels, index, jax.random.PRNGKey(i))
             jax.block_until_ready(metrics)
             total += time.perf_counter() - start
         rows.append((epoch, total, epoch / total))
@@ -308,10 +309,12 @@ def prune_times(repeats: int) -> tuple[int, dict[str, np.ndarray], bool]:
     """(prunable weights, seconds per repeat, same masks) of a jitted 20 % global prune of
     ResNet-50's kernels: ``prune.prune`` (radix select) and the sort it replaced, interleaved."""
     model = models.get("resnet50", num_classes=1000)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))["params"]
+    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)), train=False))
+    shapes = variables["params"]
     leaves, treedef = jax.tree_util.tree_flatten(shapes)
     keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
-    scores = jax.tree_util.tree_unflatten(treedef, [jnp.abs(jax.random.normal(k, s.shape)) for k, s in zip(keys, leaves)])
+    draws = [jnp.abs(jax.random.normal(k, s.shape)) for k, s in zip(keys, leaves)]
+    scores = jax.tree_util.tree_unflatten(treedef, draws)
     mask = masks.init(scores)
     weights = int(masks.alive_count(mask))
     candidates = {"radix select (after)": jax.jit(lambda m, s: prune.prune(m, s, 0.2)),
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
     args = parser.parse_args(argv)
     body = "\n".join(prune_lines(args.prune_repeats)) if args.prune_only else report(args)
-    command = "python -m benchmarks.train_step " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = argv if argv is not None else sys.argv[1:]
+    command = "python -m benchmarks.train_step " + " ".join(shlex.quote(a) for a in given)
     text = f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{body}\n"
     print(text)
     if args.write:

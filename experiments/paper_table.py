@@ -212,7 +212,8 @@ def run_table(spec: TableSpec, argv: list[str] | None = None) -> int:
         conv.active_impl()  # a bad AP_JAX_CONV now, not at the first trace
         guard.check_out(root)
         fetch.prepare_if_asked(args, [cfg.dataset])
-        datasets = {seed: load_data(cfg, args.data_dir, seed) for seed in args.seeds[: 1 if not cfg.train_size else None]}
+        data_seeds = args.seeds[: 1 if not cfg.train_size else None]  # the whole set is the same for every seed
+        datasets = {seed: load_data(cfg, args.data_dir, seed) for seed in data_seeds}
         num_train = next(iter(datasets.values())).num_train
         fits = (check_fits(c, num_train, devices) for arms in arms_of.values() for c in arms.values())
         if problem := next(filter(None, fits), None):

@@ -11,7 +11,8 @@ from ap_jax.stats import ReLU
 
 def normalized(images, dataset) -> np.ndarray:
     """``(x / 255 - mean) / std`` per channel, in numpy float32."""
-    return ((np.asarray(images, np.float32) / 255 - np.float32(dataset.mean)) / np.float32(dataset.std)).astype(np.float32)
+    scaled = np.asarray(images, np.float32) / 255
+    return ((scaled - np.float32(dataset.mean)) / np.float32(dataset.std)).astype(np.float32)
 
 
 def hand_sgd(model, start, mask, x, y, steps, lr, momentum, weight_decay):

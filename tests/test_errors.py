@@ -244,7 +244,8 @@ def test_resume_takes_a_study_that_proves_its_identity(finished, capsys):
     (finished / "config.json").write_text(json.dumps({**stored, "ap_rate": 0.05}))
     try:
         line = error_line(capsys, "--resume", finished)
-        assert f"{finished / 'config.json'} hashes to " in line and f"not to the directory's name {finished.name}" in line
+        assert f"{finished / 'config.json'} hashes to " in line
+        assert f"not to the directory's name {finished.name}" in line
     finally:
         (finished / "config.json").write_text(json.dumps(stored, indent=2, sort_keys=True) + "\n")
     assert snapshot(finished) == before

@@ -35,7 +35,8 @@ class StandInBuilder:
 def stand_in(monkeypatch):
     StandInBuilder.calls = []
     monkeypatch.setattr(fetch, "NEEDS", ())  # TensorFlow is not installed here
-    monkeypatch.setattr(tfds, "builder", lambda name, data_dir, file_format: StandInBuilder(name, data_dir, file_format))
+    monkeypatch.setattr(tfds, "builder",
+                        lambda name, data_dir, file_format: StandInBuilder(name, data_dir, file_format))
     return StandInBuilder
 
 

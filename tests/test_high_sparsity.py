@@ -73,25 +73,29 @@ def test_the_study_rewrites_its_blocks_in_the_pages_beside_its_report(study):
     for name, block in (("REPRODUCTION.md", "claims"), ("README.md", "readme")):
         pages[name].write_text(f"# R\n\nkept\n<!-- experiments.high_sparsity {block} start -->\nold\n"
                                f"<!-- experiments.high_sparsity {block} end -->\nalso kept\n")
-    argv = [*TINY, "--report", "--data-dir", "unused", "--out", str(study / "runs"), "--report-path", str(study / "HS.md")]
+    argv = [*TINY, "--report", "--data-dir", "unused", "--out", str(study / "runs"),
+            "--report-path", str(study / "HS.md")]
     assert high_sparsity.main(argv) == 0
     for name, block in (("REPRODUCTION.md", "claims"), ("README.md", "readme")):
         text = pages[name].read_text()
         assert text.startswith(f"# R\n\nkept\n<!-- experiments.high_sparsity {block} start -->\n")
         assert text.endswith(f"<!-- experiments.high_sparsity {block} end -->\nalso kept\n") and "\nold\n" not in text
         assert "([report](HS.md))" in text
-    gap = {key: [100 * (cycle_values(root / "lrr_AP" / f"seed_{s}", key)[2] - cycle_values(root / "lrr" / f"seed_{s}", key)[2])
+    gap = {key: [100 * (cycle_values(root / "lrr_AP" / f"seed_{s}", key)[2]
+                        - cycle_values(root / "lrr" / f"seed_{s}", key)[2])
                  for s in (0, 1)] for key in ("test_accuracy", "dnr")}
     claims, readme = pages["REPRODUCTION.md"].read_text(), pages["README.md"].read_text()
     assert f"secondary: DNR, X+AP − X: {np.mean(gap['dnr']):+.2f} ± " in claims
     assert "4 of 10 runs complete; seeds with both arms: 0, 1 of 5." in claims
     assert f"AP changed test accuracy by {np.mean(gap['test_accuracy']):+.2f} ± " in readme
     # the DNR right after the prune that made cycle 2, from the prune rows, against the cycle's end
-    prune_gap = [100 * (prune_dnr(root / "lrr_AP" / f"seed_{s}") - prune_dnr(root / "lrr" / f"seed_{s}")) for s in (0, 1)]
+    prune_gap = [100 * (prune_dnr(root / "lrr_AP" / f"seed_{s}") - prune_dnr(root / "lrr" / f"seed_{s}"))
+                 for s in (0, 1)]
     assert (f"AP's DNR gap was {np.mean(prune_gap):+.2f} points right after each prune and "
             f"{np.mean(gap['dnr']):+.2f} after retraining") in readme
 
 
 def prune_dnr(run_dir):
     """The DNR right after the prune that made cycle 2 (its prune row)."""
-    return next(r["dnr"] for r in records.read_rows(run_dir / "metrics.jsonl") if r["kind"] == "prune" and r["cycle"] == 2)
+    rows = records.read_rows(run_dir / "metrics.jsonl")
+    return next(r["dnr"] for r in rows if r["kind"] == "prune" and r["cycle"] == 2)

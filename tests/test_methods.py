@@ -217,10 +217,12 @@ def test_existing_config_hashes_are_unchanged():
 
 
 @pytest.mark.parametrize("fields,message", [
-    ({"method": "lth_rewind"}, "--method lth_rewind needs --rewind-step >= 1 (the step of cycle 0 to rewind to), got 0"),
+    ({"method": "lth_rewind"},
+     "--method lth_rewind needs --rewind-step >= 1 (the step of cycle 0 to rewind to), got 0"),
     ({"rewind_step": 3}, "--rewind-step is used by --method lth_rewind only, got 3 with --method lth"),
     ({"method": "finetune", "finetune_lr": 0.0}, "--finetune-lr must be positive, got 0.0"),
-    ({"method": "lrr", "finetune_lr": 0.01}, "--finetune-lr is used by --method finetune only, got 0.01 with --method lrr"),
+    ({"method": "lrr", "finetune_lr": 0.01},
+     "--finetune-lr is used by --method finetune only, got 0.01 with --method lrr"),
     ({"method": "oneshot", "ap_rate": 0.02, "ap_start_cycle": 2},
      "--method oneshot prunes once, after cycle 0: --ap-start-cycle must be 0, got 2"),
     ({"method": "snip"}, "--method must be one of lth, lth_rewind, lrr, finetune, oneshot, got 'snip'"),

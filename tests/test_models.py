@@ -36,7 +36,8 @@ def test_resnet20_option_b_parameter_counts():
 
 
 # He et al. 2016, "Deep Residual Learning for Image Recognition", Table 6 (CIFAR-10, option A).
-@pytest.mark.parametrize("name, millions", [("resnet20", 0.27), ("resnet32", 0.46), ("resnet56", 0.85), ("resnet110", 1.7)])
+@pytest.mark.parametrize("name, millions",
+                         [("resnet20", 0.27), ("resnet32", 0.46), ("resnet56", 0.85), ("resnet110", 1.7)])
 def test_option_a_parameter_counts_match_he_et_al_table6(name, millions):
     total = _count(_params(models.get(name, shortcut="A")))
     digits = 1 if millions >= 1 else 2

@@ -96,7 +96,8 @@ def test_prune_matches_numpy(scope, jit):
 
 def test_prune_rounds_half_to_even_and_fractions_that_round_to_zero():
     scores = {"k": jnp.arange(10, dtype=jnp.float32).reshape(2, 5)}
-    for alive_count, fraction, expected_pruned in [(5, 0.5, 2), (7, 0.5, 4), (10, 0.04, 0), (10, 0.05, 0), (10, 0.15, 2)]:
+    cases = [(5, 0.5, 2), (7, 0.5, 4), (10, 0.04, 0), (10, 0.05, 0), (10, 0.15, 2)]
+    for alive_count, fraction, expected_pruned in cases:
         mask = {"k": jnp.asarray(np.arange(10).reshape(2, 5) < alive_count)}
         new = apj.prune.prune(mask, scores, fraction)
         assert alive_count - int(new["k"].sum()) == expected_pruned

@@ -109,7 +109,8 @@ def test_eval_batches_are_numpy_resize_and_centre_crop(fake, tmp_path):
         np.testing.assert_allclose(got, _resize_then_crop(image, 224), atol=1)
 
 
-@pytest.mark.parametrize(("short", "long", "want"), [(375, 500, (256, 341)), (45, 60, (256, 341)), (40, 40, (256, 256))])
+@pytest.mark.parametrize(("short", "long", "want"),
+                         [(375, 500, (256, 341)), (45, 60, (256, 341)), (40, 40, (256, 256))])
 def test_eval_size_hand_values(short, long, want):
     assert stream.eval_size(short, long, 224) == want
 

@@ -56,7 +56,8 @@ def test_full_scale_is_the_renda_recipe():
 def test_resnet50_builds_for_streamed_classes():
     model = cycle.build_model(table5.SPEC.config("cpu"), 200)
     assert isinstance(model, models.ResNet)
-    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32))
+    image = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
+    shapes = jax.eval_shape(lambda x: model.init(jax.random.key(0), x), image)
     assert shapes["params"]["head"]["kernel"].shape == (2048, 200)
 
 

@@ -112,11 +112,13 @@ def test_tiny_table1(fake_data, tmp_path):
     prov_path = root / "lth" / "X" / "seed_0" / "provenance.json"
     prov = json.loads(prov_path.read_text())
     resumed = {"command": "python -m experiments.table1 --resumed", "git_commit": "abc+dirty", "started": "x"}
-    prov_path.write_text(json.dumps({**prov, "command": "python -m experiments.table1 --earlier", "resumed": [resumed]}))
+    earlier = {**prov, "command": "python -m experiments.table1 --earlier", "resumed": [resumed]}
+    prov_path.write_text(json.dumps(earlier))
     assert module.main(argv) == 0
     lines = (root / "table.md").read_text().splitlines()
     commands = next(line for line in lines if line.startswith("- commands: "))
-    for command in ("python -m experiments.table1 --earlier", "python -m experiments.table1 --resumed", prov["command"]):
+    for command in ("python -m experiments.table1 --earlier", "python -m experiments.table1 --resumed",
+                    prov["command"]):
         assert f"`{command}`" in commands
     assert "`abc+dirty`" in next(line for line in lines if line.startswith("- git commits: "))
 
@@ -131,7 +133,8 @@ def test_tiny_table3_on_cifar100(tmp_path):
     write_fake_cifar(data_dir, name="cifar100", num_classes=100, train_per_class=1, test_per_class=1)
     module = importlib.import_module("experiments.table3")
     argv = ["--scale", "cpu", "--model", "mlp", "--train-size", "100", "--epochs", "1", "--cycles", "2",
-            "--batch-size", "50", "--dnr-size", "16", "--methods", "oneshot", "--seeds", "0", "--data-dir", str(data_dir),
+            "--batch-size", "50", "--dnr-size", "16", "--methods", "oneshot", "--seeds", "0",
+            "--data-dir", str(data_dir),
             "--out", str(tmp_path / "out")]
     assert module.main(argv) == 0
     (root,) = (tmp_path / "out").glob("table3-cpu-*")
