@@ -392,6 +392,16 @@ def figures(parts: Mapping[str, Mapping[str, Arm]], folder: Path) -> list[Path]:
     return written
 
 
+def missing_effect_notes(parts: Mapping[str, Mapping[str, Arm]]) -> list[str]:
+    """Why a part with both arms has no figure of AP's DNR effect: its runs did not record the
+    DNR right after each prune (they predate those rows), so a reader does not look for it."""
+    return [f"- {part}: no figure of AP's DNR effect right after the prune: its runs did not record "
+            "that DNR (they predate the prune rows; rerunning them records it)."
+            for part, arms in parts.items()
+            if arms.get(BASE) and arms.get(AP) and arms[BASE].cycle_rows and arms[AP].cycle_rows
+            and dnr_effect(arms[BASE], arms[AP]) is None]
+
+
 def layer_dnr(arm: Arm) -> tuple[list[str], np.ndarray]:
     """Site names and the seed-mean DNR per (site, cycle)."""
     first = next(iter(arm.cycle_rows.values()))
@@ -486,6 +496,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         "## Figures",
         "",
         *[f"![{p.stem}]({rel}/{p.name})" for p in figure_paths],
+        *(["", *notes] if (notes := missing_effect_notes(parts)) else []),
         "",
         "## Runs",
         "",

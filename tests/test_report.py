@@ -145,6 +145,22 @@ def test_written_report(study, tmp_path):
     for name in ("mlp_accuracy_dnr", "mlp_dnr_epochs", "mlp_layer_dnr"):
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
         assert f"](figures/{name}.png)" in text
+    # these runs have no prune rows: the report says why the effect figure is missing
+    assert "- mlp: no figure of AP's DNR effect right after the prune" in text
+    assert not (out / "figures" / "mlp_dnr_effect.png").exists()
+
+
+def test_runs_with_prune_rows_get_the_effect_figure_and_no_note(study):
+    out, jobs = study
+    for job in jobs:
+        path = job.run_dir(out) / "metrics.jsonl"
+        rows = records.read_rows(path)
+        prunes = [{"kind": "prune", "cycle": c, "remaining": 0.8 ** c, "dnr": 0.4 - 0.01 * c,
+                   "wall_s": rows[-1]["wall_s"]} for c in (1, 2)]
+        records.write_rows(path, [*rows, *prunes])
+    text = report.write(out, out / "REPRODUCTION.md", jobs).read_text()
+    assert (out / "figures" / "mlp_dnr_effect.png").stat().st_size > 1000 and "](figures/mlp_dnr_effect.png)" in text
+    assert "no figure of AP's DNR effect" not in text
 
 
 def test_report_goes_into_a_new_folder_with_links_that_resolve(study):
