@@ -360,12 +360,17 @@ def load_parts(out: Path, jobs: Sequence[Any]) -> dict[str, dict[str, Arm]]:
     return parts
 
 
+def complete_pair(arms: Mapping[str, Arm]) -> dict[str, Arm]:
+    """X and X+AP of one part, each only if it has complete runs (the arms the figures compare)."""
+    return {name: arms[name] for name in (BASE, AP) if arms.get(name) and arms[name].cycle_rows}
+
+
 def figures(parts: Mapping[str, Mapping[str, Arm]], folder: Path) -> list[Path]:
     """Accuracy and DNR vs remaining weights, DNR over epochs, per-layer DNR heatmaps."""
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for part, arms in parts.items():
-        pair = {name: arms[name] for name in (BASE, AP) if arms.get(name) and arms[name].cycle_rows}
+        pair = complete_pair(arms)
         if not pair:
             continue
         curves = {name: {"remaining": remaining(arm), "seeds": len(arm.cycle_rows),
@@ -398,8 +403,7 @@ def missing_effect_notes(parts: Mapping[str, Mapping[str, Arm]]) -> list[str]:
     return [f"- {part}: no figure of AP's DNR effect right after the prune: its runs did not record "
             "that DNR (they predate the prune rows; rerunning them records it)."
             for part, arms in parts.items()
-            if arms.get(BASE) and arms.get(AP) and arms[BASE].cycle_rows and arms[AP].cycle_rows
-            and dnr_effect(arms[BASE], arms[AP]) is None]
+            if len(pair := complete_pair(arms)) == 2 and dnr_effect(pair[BASE], pair[AP]) is None]
 
 
 def layer_dnr(arm: Arm) -> tuple[list[str], np.ndarray]:
