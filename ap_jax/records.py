@@ -67,6 +67,11 @@ def device_info() -> dict[str, Any]:
             "device_count": len(devices), "cpu": cpu_name(), "cpu_cores": os.cpu_count()}
 
 
+START_KEYS = ("command", "git_commit", "started", "device", "python", "jax", "flax", "optax")
+"""What each start of a run records, the first and every resume: a resume on another machine or
+library version goes on from the same state but need not match an uninterrupted run bit for bit."""
+
+
 def provenance(seed: int, **extra: Any) -> dict[str, Any]:
     """What produced a run: command, commit, seed, versions, device and start time."""
     import flax
@@ -91,12 +96,16 @@ def provenance_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     provs = list(records)
     starts = [*provs, *(r for p in provs for r in p.get("resumed", []))]
     commits = sorted({_short_commit(s["git_commit"]) for s in starts})
-    devices = sorted({f"{p['device']['backend']} ({p['device']['device_kind']}), host CPU {p['device']['cpu']}, "
-                      f"{p['device']['cpu_cores']} cores" for p in provs})
+    devices = sorted({_machine(s["device"]) for s in starts if "device" in s})
     commands = sorted({s["command"] for s in starts})
     return [f"- commands: {'; '.join(f'`{c}`' for c in commands) or 'n/a'}",
             f"- git commits: {', '.join(f'`{c}`' for c in commits) or 'n/a'}",
             f"- machines: {'; '.join(devices) or 'n/a'}"]
+
+
+def _machine(device: dict[str, Any]) -> str:
+    """One line naming a start's device and host CPU."""
+    return f"{device['backend']} ({device['device_kind']}), host CPU {device['cpu']}, {device['cpu_cores']} cores"
 
 
 def _short_commit(commit: str) -> str:

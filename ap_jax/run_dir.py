@@ -133,9 +133,10 @@ def dense_cycle_ready(source: Path) -> bool:
 
 def write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | None = None,
                      restarted: bool = False, dense_from: Path | None = None) -> None:
-    """config.json, and provenance.json: on a resume the new start is added under ``resumed``; on a
-    restart from the first epoch (rows but no checkpoint) it becomes the record, and the earlier
-    starts, which produced none of the rows now written, go under ``abandoned``."""
+    """config.json, and provenance.json: on a resume the new start (command, commit, time, device and
+    versions: a resume is bit-exact on the same machine and libraries only) is added under
+    ``resumed``; on a restart from the first epoch (rows but no checkpoint) it becomes the record,
+    and the earlier starts, which produced none of the rows now written, go under ``abandoned``."""
     records.write_json(run_dir / "config.json", cfg.to_dict())
     mesh = parallel.describe(parallel.make_mesh(devices))
     extra = {} if dense_from is None else {"dense_cycle_from": str(dense_from)}
@@ -143,7 +144,7 @@ def write_run_files(run_dir: Path, cfg: RunConfig, label: str, devices: int | No
     if path.exists():
         first = _read_json_object(path, "a provenance record (a JSON object)", "restore it, or delete it "
                                   "to go on with a new one (the run's rows and checkpoints are kept)")
-        start = {k: now[k] for k in ("command", "git_commit", "started")}
+        start = {k: now[k] for k in records.START_KEYS}
         if restarted:
             earlier = [{k: first.get(k) for k in start}, *first.get("resumed", [])]
             now["abandoned"] = [*first.get("abandoned", []), *earlier]

@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +33,8 @@ import numpy as np
 
 from ap_jax import data, masks, models, parallel, records, train
 from ap_jax.config import positive_int
-from experiments import blocks
+from benchmarks.reporting import REPO, command_line, write_block
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_DEVICES = 8
 BLOCK = "benchmarks/parallel.py {backend}"
 MEAN, STD = (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
@@ -130,25 +128,18 @@ def epoch_time(args: argparse.Namespace) -> str:
             f"1 device: {time.perf_counter() - start:.1f} s ({50_000 // args.batch_size} steps).")
 
 
-def report(args: argparse.Namespace) -> str:
-    """Every part's Markdown, with the device and the command."""
+def report(args: argparse.Namespace, command: str) -> str:
+    """Every part's Markdown, with the device and ``command``, the one that produced it."""
     info = records.device_info()
     lines = [f"Device: {info['backend']} ({info['device_kind']}), host CPU {info['cpu']} "
              f"({info['cpu_cores']} cores), jax {jax.__version__}. Command: "
-             f"`python -m benchmarks.parallel {' '.join(sys.argv[1:])}`; medians of {args.rounds} chunks "
+             f"`{command}`; medians of {args.rounds} chunks "
              f"of {args.chunk} steps after a warm-up chunk.", "",
              "| train step | without DNR counting | with DNR counting | ratio |", "|---|---|---|---|",
              *overhead(args), "", "| data parallel | steps/s | vs 1 device |", "|---|---|---|", *scaling(args)]
     if args.epoch or (args.epoch is None and jax.default_backend() == "gpu"):
         lines += ["", epoch_time(args)]
     return "\n".join(lines)
-
-
-def write_block(text: str, backend: str, path: Path = REPO / "docs" / "performance.md",
-                block: str = BLOCK) -> None:
-    """Put ``text`` in ``path``'s block ``block`` of ``backend`` (``experiments.blocks``), adding
-    it (and a Performance section) at the end if missing."""
-    path.write_text(blocks.put(path.read_text(), block.format(backend=backend), text, heading="## Performance"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,10 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.scaling_only:
         print(json.dumps(scaling(args)))
         return 0
-    text = report(args)
+    text = report(args, command_line("benchmarks.parallel", argv))
     print(text)
     if args.write:
-        write_block(text, jax.default_backend())
+        write_block(text, jax.default_backend(), BLOCK)
     return 0
 
 

@@ -26,8 +26,6 @@ import collections  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
-import shlex  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -36,6 +34,7 @@ import jax  # noqa: E402
 
 from ap_jax.config import positive_int  # noqa: E402
 from benchmarks import train_step  # noqa: E402
+from benchmarks.reporting import command_line  # noqa: E402
 
 PROFILE = Path(__file__).resolve().parent / "PROFILE.md"
 RUNTIME = ("$", "ThunkExecutor", "PjitFunction", "CommonPjRt", "ParseArguments")
@@ -99,10 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             wall = (time.perf_counter() - start) / args.steps
         totals = op_times(Path(tmp))
     op_sum = sum(totals.values()) / args.steps / 1e3
-    given = argv if argv is not None else sys.argv[1:]
-    command = "python -m benchmarks.profile_step " + " ".join(shlex.quote(a) for a in given)
     lines = [
-        f"Machine: {train_step.machine()}", "", f"Command: `{command.strip()}`", "",
+        f"Machine: {train_step.machine()}", "", f"Command: `{command_line('benchmarks.profile_step', argv)}`", "",
         f"ResNet-20 train step as the driver runs it, batch {args.batch}, conv path {args.impl}, ReLU counting "
         f"{args.count_relu}: {wall * 1e3:.1f} ms per step while traced (tracing adds overhead), "
         f"sum of op times {op_sum:.1f} ms over {args.steps} steps.", "",

@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -47,7 +45,7 @@ import optax
 from ap_jax import batchnorm, conv, data, masks, models, parallel, prune, train
 from ap_jax.config import positive_int
 from benchmarks import epoch as whole_epoch
-from benchmarks.parallel import REPO, write_block
+from benchmarks.reporting import REPO, command_line, write_block
 
 MEAN, STD = data.DATASETS["cifar10"].mean, data.DATASETS["cifar10"].std
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -411,7 +409,7 @@ def write_results(text: str, backend: str) -> None:
     if "<!-- benchmarks/train_step.py" not in (RESULTS.read_text() if RESULTS.exists() else ""):
         RESULTS.write_text("# Train-step benchmarks\n\n## Performance\n\nWritten by "
                            "`python -m benchmarks.train_step --write`, one block per backend.\n")
-    write_block(text, backend, path=RESULTS, block=README_BLOCK)
+    write_block(text, backend, README_BLOCK, path=RESULTS)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -433,13 +431,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--write", action="store_true", help=f"also write {RESULTS.name}")
     args = parser.parse_args(argv)
     body = "\n".join(prune_lines(args.prune_repeats)) if args.prune_only else report(args)
-    given = argv if argv is not None else sys.argv[1:]
-    command = "python -m benchmarks.train_step " + " ".join(shlex.quote(a) for a in given)
-    text = f"Machine: {machine()}\n\nCommand: `{command.strip()}`\n\n{body}\n"
+    text = f"Machine: {machine()}\n\nCommand: `{command_line('benchmarks.train_step', argv)}`\n\n{body}\n"
     print(text)
     if args.write:
         write_results(text.strip(), jax.default_backend())
-        write_block(text.strip(), jax.default_backend(), path=REPO / "README.md", block=README_BLOCK)
+        write_block(text.strip(), jax.default_backend(), README_BLOCK, path=REPO / "README.md")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import numpy as np
 from ap_jax import conv
 from ap_jax.config import positive_int
 from benchmarks import train_step
-from benchmarks.parallel import write_block
+from benchmarks.reporting import command_line, write_block
 
 BLOCK = "benchmarks/weight_grad.py {backend}"
 PADS = ((1, 1), (1, 1))
@@ -92,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-repeats", type=positive_int, default=15, help="interleaved repeats of the step")
     parser.add_argument("--write", action="store_true", help="also write the block into docs/performance.md")
     args = parser.parse_args(argv)
-    command = "python -m benchmarks.weight_grad" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
+    command = command_line("benchmarks.weight_grad", argv)
     text = "\n".join([f"Machine: {train_step.machine()}", "", f"Command: `{command}`", "",
                       *layer_lines(args.repeats), "", *step_lines(args.step_repeats)])
     print(text)
     if args.write:
-        write_block(text, jax.default_backend(), block=BLOCK)
+        write_block(text, jax.default_backend(), BLOCK)
     return 0
 
 

@@ -41,3 +41,28 @@ def test_a_page_without_the_study_s_markers_is_left_alone(tmp_path):
     assert page.read_text() == "# mine\n"
     assert not blocks.rewrite(tmp_path / "absent.md", "b", "x")
     assert not (tmp_path / "absent.md").exists()
+
+
+def test_a_benchmark_s_recorded_command_pastes_back_to_the_same_arguments():
+    import shlex
+
+    from benchmarks import reporting
+
+    argv = ["--batch", "64", "--note", "two words", "--glob=*.md", "it's"]
+    command = reporting.command_line("benchmarks.train_step", argv)
+    assert shlex.split(command) == ["python", "-m", "benchmarks.train_step", *argv]
+    assert reporting.command_line("benchmarks.parallel", []) == "python -m benchmarks.parallel"
+
+
+def test_write_block_keeps_one_block_per_backend(tmp_path):
+    from benchmarks import reporting
+
+    page = tmp_path / "performance.md"
+    page.write_text("# Perf\n")
+    reporting.write_block("cpu numbers", "cpu", "bench {backend}", path=page)
+    reporting.write_block("gpu numbers", "gpu", "bench {backend}", path=page)
+    reporting.write_block("new cpu numbers", "cpu", "bench {backend}", path=page)
+    text = page.read_text()
+    assert text.count("## Performance") == 1 and text.count("cpu numbers") == 1
+    assert blocks.find(text, "bench cpu") == "<!-- bench cpu start -->\nnew cpu numbers\n<!-- bench cpu end -->"
+    assert blocks.find(text, "bench gpu") == "<!-- bench gpu start -->\ngpu numbers\n<!-- bench gpu end -->"

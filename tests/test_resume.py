@@ -128,7 +128,7 @@ def test_rows_without_checkpoints_start_again_and_end_the_same(fake_data, refere
     assert_same_run(root, reference)
     prov = json.loads((root / "lth" / "seed_3" / "provenance.json").read_text())
     assert prov["started"] > first["started"] and "resumed" not in prov  # the rows are the new start's
-    assert prov["abandoned"] == [{k: first[k] for k in ("command", "git_commit", "started")}]
+    assert prov["abandoned"] == [{k: first[k] for k in records.START_KEYS}]
 
 
 def test_same_seed_twice_gives_identical_rows(fake_data, tmp_path):
@@ -150,3 +150,19 @@ def test_checkpoints_are_bounded_and_cycles_kept(reference):
     for a, b, m in zip(*(jax.tree_util.tree_leaves(t) for t in (first["start"]["params"],
                                                                  second["start"]["params"], second["mask"]))):
         assert np.array_equal(np.where(m, a, 0), b)  # LTH: cycle 1 starts from theta_0, masked
+
+
+def test_a_resume_on_another_machine_is_recorded_and_reported(tmp_path, monkeypatch):
+    """Bit-exact resumes hold on one machine and library set, so every start names its own."""
+    from ap_jax import run_dir
+
+    cfg = config.RunConfig(model="mlp", cycles=1, epochs=1)
+    run_dir.write_run_files(tmp_path, cfg, "first")
+    monkeypatch.setattr(records, "cpu_name", lambda: "Other CPU 9000")
+    run_dir.write_run_files(tmp_path, cfg, "resumed")
+    prov = json.loads((tmp_path / "provenance.json").read_text())
+    assert prov["label"] == "first" and prov["device"]["cpu"] != "Other CPU 9000"
+    (resume,) = prov["resumed"]
+    assert set(resume) == set(records.START_KEYS) and resume["device"]["cpu"] == "Other CPU 9000"
+    machines = next(line for line in records.provenance_lines([prov]) if line.startswith("- machines: "))
+    assert "host CPU Other CPU 9000" in machines and f"host CPU {prov['device']['cpu']}" in machines
