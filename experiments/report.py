@@ -122,7 +122,8 @@ def combine(verdicts: Sequence[str]) -> str:
 
 @dataclasses.dataclass
 class Arm:
-    """One arm of one part: its complete runs' cycle and epoch rows by seed, and the rest."""
+    """One arm of one part: its complete runs' cycle and epoch rows by seed, the rest by name, and
+    the wall time and provenance of every run, complete or not (a report cites all it lists)."""
 
     cycle_rows: dict[int, Rows]
     epoch_rows: dict[int, Rows]
@@ -140,6 +141,8 @@ def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
         by_cycle = records.cycle_rows(rows)
         if rows:
             arm.wall_s += rows[-1]["wall_s"]
+        if (run_dir / "provenance.json").exists():
+            arm.provenance.append(json.loads((run_dir / "provenance.json").read_text()))
         if [r["cycle"] for r in by_cycle] != list(range(cycles + 1)):
             arm.incomplete.append(f"seed {seed}: {len(by_cycle)} of {cycles + 1} cycles")
             continue
@@ -147,8 +150,6 @@ def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
         arm.epoch_rows[seed] = [r for r in rows if r["kind"] == "epoch"]
         if prunes := sorted((r for r in rows if r["kind"] == "prune"), key=lambda r: r["cycle"]):
             arm.prune_rows[seed] = prunes
-        if (run_dir / "provenance.json").exists():
-            arm.provenance.append(json.loads((run_dir / "provenance.json").read_text()))
     return arm
 
 

@@ -189,6 +189,21 @@ def test_incomplete_runs_are_listed_not_counted(study):
     assert parts["mlp"]["lth"].incomplete == ["seed 0: 1 of 3 cycles"]
 
 
+def test_an_incomplete_run_s_machine_and_commit_are_cited(study):
+    """The report lists runs in progress and counts their wall time, so it cites their starts too."""
+    out, jobs = study
+    run_dir = jobs[0].run_dir(out)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    prov = json.loads((run_dir / "provenance.json").read_text())
+    other = {**prov["device"], "cpu": "Other CPU 9000"}
+    prov["resumed"] = [{"command": prov["command"], "git_commit": "fedcba9876543210", "started": "x", "device": other}]
+    (run_dir / "provenance.json").write_text(json.dumps(prov))
+    text = report.write(out, out / "REPRODUCTION.md", jobs).read_text()
+    assert "`fedcba987654`" in next(line for line in text.splitlines() if line.startswith("- git commits: "))
+    assert "host CPU Other CPU 9000" in next(line for line in text.splitlines() if line.startswith("- machines: "))
+
+
 def test_partial_study_says_so(study):
     out, jobs = study
     (jobs[-1].run_dir(out) / "metrics.jsonl").write_text("")
