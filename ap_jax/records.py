@@ -96,14 +96,14 @@ def provenance_lines(records: Iterable[dict[str, Any]]) -> list[str]:
     provs = list(records)
     starts = [*provs, *(r for p in provs for r in p.get("resumed", []))]
     commits = sorted({_short_commit(s["git_commit"]) for s in starts})
-    devices = sorted({_machine(s["device"]) for s in starts if "device" in s})
+    devices = sorted({machine_line(s["device"]) for s in starts if "device" in s})
     commands = sorted({s["command"] for s in starts})
     return [f"- commands: {'; '.join(f'`{c}`' for c in commands) or 'n/a'}",
             f"- git commits: {', '.join(f'`{c}`' for c in commits) or 'n/a'}",
             f"- machines: {'; '.join(devices) or 'n/a'}"]
 
 
-def _machine(device: dict[str, Any]) -> str:
+def machine_line(device: dict[str, Any]) -> str:
     """One line naming a start's device and host CPU."""
     return f"{device['backend']} ({device['device_kind']}), host CPU {device['cpu']}, {device['cpu_cores']} cores"
 

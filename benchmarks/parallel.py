@@ -130,9 +130,7 @@ def epoch_time(args: argparse.Namespace) -> str:
 
 def report(args: argparse.Namespace, command: str) -> str:
     """Every part's Markdown, with the device and ``command``, the one that produced it."""
-    info = records.device_info()
-    lines = [f"Device: {info['backend']} ({info['device_kind']}), host CPU {info['cpu']} "
-             f"({info['cpu_cores']} cores), jax {jax.__version__}. Command: "
+    lines = [f"Device: {records.machine_line(records.device_info())}, jax {jax.__version__}. Command: "
              f"`{command}`; medians of {args.rounds} chunks "
              f"of {args.chunk} steps after a warm-up chunk.", "",
              "| train step | without DNR counting | with DNR counting | ratio |", "|---|---|---|---|",

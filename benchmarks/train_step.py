@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Callable
@@ -42,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ap_jax import batchnorm, conv, data, masks, models, parallel, prune, train
+from ap_jax import batchnorm, conv, data, masks, models, parallel, prune, records, train
 from ap_jax.config import positive_int
 from benchmarks import epoch as whole_epoch
 from benchmarks.reporting import REPO, command_line, write_block
@@ -54,19 +53,6 @@ DRIVER = "driver (after)"  # the step ap_jax.cycle trains with: masks, no counti
 FLAX_BN = "driver, Flax BatchNorm"
 BEFORE = "driver, lax conv, Flax BN"
 COUNTING = "driver + ReLU counting"
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (or the platform string), and the core count."""
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {os.cpu_count()} logical cores"
 
 
 def forward_flops(model, x: jax.Array) -> int:
@@ -394,6 +380,7 @@ def report(args: argparse.Namespace) -> str:
 
 
 def machine() -> str:
+    """The host CPU and core count, and the library versions and conv path the timings ran with."""
     versions = f"jax {jax.__version__}, backend {jax.default_backend()}, conv path {conv.active_impl()}"
     try:
         import torch
@@ -401,7 +388,7 @@ def machine() -> str:
         versions += f", torch {torch.__version__} ({torch.get_num_threads()} threads)"
     except ImportError:
         pass
-    return f"{cpu_model()}; {versions}"
+    return f"{records.cpu_name()}, {os.cpu_count()} logical cores; {versions}"
 
 
 def write_results(text: str, backend: str) -> None:

@@ -66,3 +66,13 @@ def test_write_block_keeps_one_block_per_backend(tmp_path):
     assert text.count("## Performance") == 1 and text.count("cpu numbers") == 1
     assert blocks.find(text, "bench cpu") == "<!-- bench cpu start -->\nnew cpu numbers\n<!-- bench cpu end -->"
     assert blocks.find(text, "bench gpu") == "<!-- bench gpu start -->\ngpu numbers\n<!-- bench gpu end -->"
+
+
+def test_the_benchmarks_name_the_host_the_way_run_records_do(monkeypatch):
+    from ap_jax import records
+    from benchmarks import train_step
+
+    monkeypatch.setattr(records, "cpu_name", lambda: "Fake CPU 9000")
+    assert train_step.machine().startswith("Fake CPU 9000, ")
+    device = {"backend": "gpu", "device_kind": "H100", "cpu": "Fake CPU 9000", "cpu_cores": 16}
+    assert records.machine_line(device) == "gpu (H100), host CPU Fake CPU 9000, 16 cores"
