@@ -57,6 +57,28 @@ def test_the_plan_s_four_verdicts(values, want):
     assert high_sparsity_report.decide(values, ">0", "AP helps", "AP hurts").startswith(want)
 
 
+def test_the_plan_decides_only_on_three_or_more_paired_seeds():
+    helps = [0.02, 0.03, 0.025]  # wholly above 0 from three seeds on
+    assert high_sparsity_report.plan_verdict(helps, ">0", "AP helps", "AP hurts") == "AP helps"
+    two = high_sparsity_report.plan_verdict([0.001, -0.001], ">0", "AP helps", "AP hurts")
+    assert two.startswith("pending") and two.endswith(high_sparsity_report.decide([0.001, -0.001], ">0", "h", "x"))
+    assert high_sparsity_report.plan_verdict([0.02], ">0", "AP helps", "AP hurts") == (
+        "pending: the plan decides on 3 or more paired seeds")
+
+
+@pytest.mark.parametrize("paired, planned, noted", [(2, 5, False), (3, 5, True), (4, 5, True), (5, 5, False)])
+def test_the_fallback_is_named_only_between_three_seeds_and_the_plan(paired, planned, noted):
+    lines = high_sparsity_report.fallback_line(paired, planned)
+    assert bool(lines) == noted and all(f"{paired} of the {planned} planned" in line for line in lines)
+
+
+def test_two_paired_seeds_give_pending_verdicts_everywhere(study):
+    text = (study / "HS.md").read_text()
+    results = text[text.index("## Results"):text.index("## Mechanism")]
+    assert results.count("| pending: the plan decides on 3 or more paired seeds; on these 2") == 2
+    assert "AP helps |" not in results and "planned paired seeds" not in results
+
+
 def test_budget_counts_a_shared_dense_cycle_once(study):
     root = study / "runs" / "runs" / "resnet20_full"
     walls = [r["wall_s"] for r in records.read_rows(root / "lrr" / "seed_0" / "metrics.jsonl") if r["kind"] == "epoch"]
