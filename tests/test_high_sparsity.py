@@ -72,7 +72,7 @@ def test_the_fallback_is_named_only_between_three_seeds_and_the_plan(paired, pla
     assert bool(lines) == noted and all(f"{paired} of the {planned} planned" in line for line in lines)
 
 
-def test_two_paired_seeds_give_pending_verdicts_everywhere(study):
+def test_two_paired_seeds_give_pending_verdicts_in_the_results(study):
     text = (study / "HS.md").read_text()
     results = text[text.index("## Results"):text.index("## Mechanism")]
     assert results.count("| pending: the plan decides on 3 or more paired seeds; on these 2") == 2
