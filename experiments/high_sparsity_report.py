@@ -50,6 +50,7 @@ PLAN = f"""## Analysis plan (fixed before the results)
 """
 
 
+BUDGET_H = 30.0  # the CPU hours the study may take; past them the plan decides on the seeds done
 RECENT_EPOCHS = 20  # the projection uses the median of this many latest epochs: today's machine, not last week's
 
 
@@ -65,22 +66,53 @@ def trained_epochs(run_dir: Path) -> list[float | None]:
     return [w for r, w in zip(rows, walls) if not (taken and r["cycle"] == 0)]
 
 
-def budget_line(jobs: Sequence[Any], out: Path) -> str:
-    """Epochs trained of the study's total, and the hours left at the median of the latest epochs."""
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The study's cost so far and its projection: epochs trained of the ``total``, the median
+    wall seconds of the latest ones (``recent``, None before any is timed) and hours measured."""
+
+    trained: int
+    total: int
+    per_seed: int
+    recent: float | None
+    recent_n: int
+    measured_h: float
+
+    @property
+    def left_h(self) -> float:
+        """Hours the untrained epochs would take at the ``recent`` median."""
+        return max(self.total - self.trained, 0) * (self.recent or 0.0) / 3600
+
+    @property
+    def exceeded(self) -> bool:
+        """Whether finishing every run would take the study past ``BUDGET_H``."""
+        return self.left_h > 0 and self.measured_h + self.left_h > BUDGET_H
+
+    def line(self) -> str:
+        """The report's budget line."""
+        head = f"- budget: {self.trained} of {self.total} epochs trained ({self.per_seed} a seed"
+        if self.recent is None:
+            return f"{head}); none timed yet"
+        return (f"{head}, the dense cycle once); median of the latest {self.recent_n} epochs {self.recent:.0f} s "
+                f"(training and evaluation), so about {self.left_h:.1f} h left; {self.measured_h:.1f} h measured "
+                f"so far, of a ~{BUDGET_H:g} h budget")
+
+    def reason(self) -> str:
+        """Why the study stops short of its plan, in the report's words."""
+        return (f"the remaining runs would take about {self.left_h:.1f} h more after {self.measured_h:.1f} h "
+                f"measured, past the ~{BUDGET_H:g} h budget")
+
+
+def measure_budget(jobs: Sequence[Any], out: Path) -> Budget:
+    """Epochs trained of the study's total (the dense cycle once a seed), and their wall time."""
     cfg = jobs[0].cfg
     seeds = sorted({job.seed for job in jobs})
-    per_seed = cfg.cycle_epochs(0) + len(jobs) // len(seeds) * cfg.cycles * cfg.epochs  # dense cycle once a seed
-    total = per_seed * len(seeds)
+    per_seed = cfg.cycle_epochs(0) + len(jobs) // len(seeds) * cfg.cycles * cfg.epochs
     epochs = [w for job in jobs for w in trained_epochs(job.run_dir(out))]  # job order is run order
     seconds = [w for w in epochs if w is not None and w > 0]
-    if not seconds:
-        return f"- budget: {len(epochs)} of {total} epochs trained ({per_seed} a seed); none timed yet"
     latest = seconds[-RECENT_EPOCHS:]
-    recent = statistics.median(latest)
-    left = max(total - len(epochs), 0)
-    return (f"- budget: {len(epochs)} of {total} epochs trained ({per_seed} a seed, the dense cycle once); "
-            f"median of the latest {len(latest)} epochs {recent:.0f} s (training and "
-            f"evaluation), so about {left * recent / 3600:.1f} h left; {sum(seconds) / 3600:.1f} h measured so far")
+    recent = statistics.median(latest) if latest else None
+    return Budget(len(epochs), per_seed * len(seeds), per_seed, recent, len(latest), sum(seconds) / 3600)
 
 
 def dense_accuracies(run_dirs: Sequence[Path]) -> list[float]:
@@ -147,12 +179,35 @@ def secondary(x: report.Arm, ap: report.Arm) -> Contrast:
     return contrast("secondary: DNR, X+AP − X", x, ap, "dnr", "<0", "AP lowers the DNR", "AP raises the DNR")
 
 
-def fallback_line(paired: int, planned: int) -> list[str]:
-    """The plan's note when its verdicts rest on fewer seeds than planned (``paired`` of ``planned``)."""
+def fallback_line(paired: int, planned: int, budget: Budget) -> list[str]:
+    """The plan's note when its verdicts rest on fewer seeds than planned (``paired`` of ``planned``):
+    the fallback once the ``budget`` is exceeded, an interim reading before."""
     if not DECIDING_SEEDS <= paired < planned:
         return []
-    return [f"- These verdicts rest on {paired} of the {planned} planned paired seeds: the plan's fallback for "
-            "a budget that stops the study early; the remaining seeds stay resumable."]
+    if not budget.exceeded:
+        return [f"- These verdicts rest on {paired} of the {planned} planned paired seeds, an interim reading: "
+                "the budget leaves time for the rest, and the plan decides on all of them."]
+    return [f"- These verdicts rest on {paired} of the {planned} planned paired seeds: the plan's fallback, as "
+            f"{budget.reason()}; the remaining seeds stay resumable."]
+
+
+def claim6_line(budget: Budget) -> str:
+    """Claim 6 at this scale comes after the primary runs, and only if the ``budget`` leaves time for it."""
+    why = (f"the primary runs alone would go past the ~{BUDGET_H:g} h budget, so none is left for it"
+           if budget.exceeded
+           else f"it comes after the primary runs, and only if the ~{BUDGET_H:g} h budget leaves time for it")
+    return f"- Claim 6 at this scale (the official code's semantics, with BatchNorm): not run; {why}."
+
+
+def status_line(done: int, total: int, budget: Budget) -> str:
+    """The report's first line: runs complete of ``total``, and why the plan decides before the rest."""
+    head = f"**Status: {done} of {total} runs complete**"
+    if done == total:
+        return f"{head}."
+    if budget.exceeded:
+        return (f"{head}; {budget.reason()}, so the plan decides on the seeds done; rerun the command below "
+                "to continue the study.")
+    return f"{head}; rerun the command below to continue the study."
 
 
 def claims_block(x: report.Arm, contrasts: tuple[Contrast, Contrast] | None, status: str, link: str) -> str:
@@ -235,10 +290,10 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
     cycles = jobs[0].cfg.cycles
     x, ap = report.load_arm(x_dirs, cycles), report.load_arm(ap_dirs, cycles)
     done = len(x.cycle_rows) + len(ap.cycle_rows)
+    budget = measure_budget(jobs, out)
     lines = ["# Does AP help a BatchNorm network at high sparsity? (ResNet-20, all of CIFAR-10; "
              "small scale: 3 epochs per pruned cycle)", "",
-             f"**Status: {done} of {len(jobs)} runs complete**"
-             + ("." if done == len(jobs) else "; rerun the command below to continue the study."), "",
+             status_line(done, len(jobs), budget), "",
              f"Regenerate (runs what is missing, then rewrites this file): `{command}`", "",
              note, "", PLAN]
     contrasts = (primary(x, ap), secondary(x, ap)) if x.cycle_rows and ap.cycle_rows else None
@@ -251,9 +306,7 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
                   f"- Claim 2 at this scale (AP lowers the DNR of a BatchNorm network): {dnr.verdict}.",
                   "- The paper reports +3 to 4 points for X+AP on CIFAR at full scale (per-table "
                   "numbers not recovered).",
-                  *fallback_line(acc.estimate.n, len(x_dirs)),
-                  "- Claim 6 at this scale (the official code's semantics, with BatchNorm): not run; it "
-                  "comes after the primary runs, and only if the ~30 h budget leaves time for it."]
+                  *fallback_line(acc.estimate.n, len(x_dirs), budget), claim6_line(budget)]
     dense = report.estimate(dense_accuracies(list(x_dirs.values())))
     if dense.n:
         lines += ["", f"Dense accuracy reached (cycle 0, {report.counted(dense.n, 'seed')}): {dense.level_text()} %"
@@ -269,14 +322,16 @@ def write(out: Path, report_path: Path, jobs: Sequence[Any], note: str = "", com
         lines += ["", "## Per cycle (descriptive)", "", report.accuracy_table({"resnet20_full": {
             report.BASE: x, report.AP: ap}})]
     status = [f"- {name} seed {s}: complete" for name, arm in ((x_name, x), (ap_name, ap)) for s in arm.cycle_rows]
-    status += [f"- {name}: {item}" for name, arm in ((x_name, x), (ap_name, ap)) for item in arm.incomplete]
-    lines += ["", "## Runs", "", *status, budget_line(jobs, out),
+    status += [f"- {name} {item}" for name, arm in ((x_name, x), (ap_name, ap)) for item in arm.incomplete]
+    lines += ["", "## Runs", "", *status, budget.line(),
               *report.provenance_lines({"resnet20_full": {x_name: x, ap_name: ap}}), ""]
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text("\n".join(lines))
     seeds = sorted(set(x.cycle_rows) & set(ap.cycle_rows))
     status = (f"{done} of {len(jobs)} runs complete; seeds with both arms: "
               f"{', '.join(map(str, seeds)) or 'none'} of {len(x_dirs)}.")
+    if budget.exceeded and len(seeds) >= DECIDING_SEEDS:
+        status += f" The plan decides on these, its fallback: {budget.reason()}; the rest stay resumable."
     for page, name, text in (
             ("REPRODUCTION.md", CLAIMS_BLOCK, claims_block(x, contrasts, status, report_path.name)),
             ("README.md", README_BLOCK, readme_sentences(x, contrasts, effect, status, report_path.name))):

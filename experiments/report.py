@@ -133,16 +133,27 @@ class Arm:
     prune_rows: dict[int, Rows] = dataclasses.field(default_factory=dict)  # runs that record their prunes
 
 
+def own_wall_s(rows: Rows, provenance: dict[str, Any]) -> float:
+    """Wall seconds a run spent itself: its last row's cumulative ``wall_s``, less a dense cycle it
+    took from another run (``dense_cycle_from``), whose time that run already counts."""
+    if not rows:
+        return 0.0
+    taken = [r["wall_s"] for r in rows if provenance.get("dense_cycle_from") and r["kind"] == "cycle"
+             and r["cycle"] == 0]
+    return rows[-1]["wall_s"] - sum(taken)
+
+
 def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
     """Read ``metrics.jsonl`` and ``provenance.json`` of each seed's run directory."""
     arm = Arm({}, {}, 0.0, [], [])
     for seed, run_dir in sorted(run_dirs.items()):
         rows = records.read_rows(run_dir / "metrics.jsonl")
         by_cycle = records.cycle_rows(rows)
-        if rows:
-            arm.wall_s += rows[-1]["wall_s"]
-        if (run_dir / "provenance.json").exists():
-            arm.provenance.append(json.loads((run_dir / "provenance.json").read_text()))
+        provenance = json.loads((run_dir / "provenance.json").read_text()) if (
+            run_dir / "provenance.json").exists() else None
+        arm.wall_s += own_wall_s(rows, provenance or {})
+        if provenance is not None:
+            arm.provenance.append(provenance)
         if [r["cycle"] for r in by_cycle] != list(range(cycles + 1)):
             arm.incomplete.append(f"seed {seed}: {len(by_cycle)} of {cycles + 1} cycles")
             continue

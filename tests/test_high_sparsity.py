@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ap_jax import records
-from experiments import high_sparsity, high_sparsity_report
+from experiments import high_sparsity, high_sparsity_report, report
 
 TINY = ["--seeds", "0", "1", "--set", "model=mlp", "cycles=2", "epochs=1", "dense_epochs=2", "rate=0.7",
         "batch_size=40", "dnr_size=60", "eval_batch_size=64", "augment=false"]
@@ -66,10 +66,32 @@ def test_the_plan_decides_only_on_three_or_more_paired_seeds():
         "pending: the plan decides on 3 or more paired seeds")
 
 
+# 450 of 750 epochs at a median 211 s leave 300 x 211 s = 17.6 h: past 30 h after 29.3 h, within it after 12 h
+SPENT = high_sparsity_report.Budget(450, 750, 150, 211.0, 20, 29.3)
+WITHIN = high_sparsity_report.Budget(450, 750, 150, 211.0, 20, 12.0)
+
+
+def test_the_budget_is_exceeded_when_the_projection_passes_thirty_hours():
+    assert SPENT.left_h == pytest.approx(300 * 211 / 3600) and SPENT.exceeded and not WITHIN.exceeded
+    assert not high_sparsity_report.Budget(750, 750, 150, 211.0, 20, 44.0).exceeded  # nothing left to run
+    assert "about 17.6 h left; 29.3 h measured so far, of a ~30 h budget" in SPENT.line()
+
+
 @pytest.mark.parametrize("paired, planned, noted", [(2, 5, False), (3, 5, True), (4, 5, True), (5, 5, False)])
 def test_the_fallback_is_named_only_between_three_seeds_and_the_plan(paired, planned, noted):
-    lines = high_sparsity_report.fallback_line(paired, planned)
+    lines = high_sparsity_report.fallback_line(paired, planned, SPENT)
     assert bool(lines) == noted and all(f"{paired} of the {planned} planned" in line for line in lines)
+    assert all("the plan's fallback, as the remaining runs would take about 17.6 h more" in line for line in lines)
+
+
+def test_within_budget_fewer_seeds_are_an_interim_reading_not_the_fallback():
+    (line,) = high_sparsity_report.fallback_line(3, 5, WITHIN)
+    assert "interim reading" in line and "fallback" not in line
+    assert "budget leaves time" in high_sparsity_report.claim6_line(WITHIN)
+    assert "would go past the ~30 h budget" in high_sparsity_report.claim6_line(SPENT)
+    assert high_sparsity_report.status_line(6, 10, WITHIN).endswith("; rerun the command below to continue the study.")
+    assert "so the plan decides on the seeds done" in high_sparsity_report.status_line(6, 10, SPENT)
+    assert high_sparsity_report.status_line(10, 10, SPENT) == "**Status: 10 of 10 runs complete**."
 
 
 def test_two_paired_seeds_give_pending_verdicts_in_the_results(study):
@@ -87,6 +109,18 @@ def test_budget_counts_a_shared_dense_cycle_once(study):
     assert len(high_sparsity_report.trained_epochs(root / "lrr_AP" / "seed_0")) == 2  # its 2 pruned cycles only
     # 5 seeds x (2 dense + 2 arms x 2 cycles x 1 epoch) = 30 epochs; seeds 0 and 1 trained 2 x (4 + 2)
     assert "- budget: 12 of 30 epochs trained (6 a seed" in (study / "HS.md").read_text()
+
+
+def test_total_wall_time_counts_a_shared_dense_cycle_once(tmp_path):
+    rows = [{"kind": "epoch", "cycle": 0, "wall_s": 100.0}, {"kind": "cycle", "cycle": 0, "wall_s": 200.0},
+            {"kind": "cycle", "cycle": 1, "wall_s": 260.0}]
+    for name, provenance in (("x", {}), ("ap", {"dense_cycle_from": "x"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / name / "provenance.json").write_text(json.dumps(provenance))
+    x = report.load_arm({0: tmp_path / "x"}, cycles=1)
+    ap = report.load_arm({0: tmp_path / "ap"}, cycles=1)
+    assert (x.wall_s, ap.wall_s) == (260.0, 60.0)  # the paired arm spent only its pruned cycle's 60 s
 
 
 def test_the_study_rewrites_its_blocks_in_the_pages_beside_its_report(study):
