@@ -138,9 +138,8 @@ def own_wall_s(rows: Rows, provenance: dict[str, Any]) -> float:
     took from another run (``dense_cycle_from``), whose time that run already counts."""
     if not rows:
         return 0.0
-    taken = [r["wall_s"] for r in rows if provenance.get("dense_cycle_from") and r["kind"] == "cycle"
-             and r["cycle"] == 0]
-    return rows[-1]["wall_s"] - sum(taken)
+    dense = [r["wall_s"] for r in rows if r["kind"] == "cycle" and r["cycle"] == 0]
+    return rows[-1]["wall_s"] - (sum(dense) if provenance.get("dense_cycle_from") else 0.0)
 
 
 def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
