@@ -24,6 +24,7 @@ CLAIMS_BLOCK = "experiments.high_sparsity claims"  # its section of REPRODUCTION
 README_BLOCK = "experiments.high_sparsity readme"  # its two sentences in README.md
 PENDING = ("The high-sparsity study writes its verdicts on claims 2, 3 and 5 with BatchNorm here: "
            "`python -m experiments.high_sparsity`.")
+BUDGET_H = 30.0  # the CPU hours the study may take; past them the plan decides on the seeds done
 DENSE_TARGET = 0.88  # the dense accuracy a ResNet-20 should reach on this copy of CIFAR-10
 
 PLAN = f"""## Analysis plan (fixed before the results)
@@ -31,7 +32,7 @@ PLAN = f"""## Analysis plan (fixed before the results)
 - **Primary contrast.** For each seed, the test-accuracy difference X+AP − X averaged over the
   pruned cycles at ≤ {100 * HIGH_SPARSITY:g} % remaining weights (cycles 11-20: 8.6 % down to 1.15 %);
   the mean over the five seeds with its 95 % Student-t interval (paired by seed, 4 degrees of
-  freedom). Should the ~30 h budget stop the study after seeds 0-2, the same test runs on those
+  freedom). Should the ~{BUDGET_H:g} h budget stop the study after seeds 0-2, the same test runs on those
   three (2 degrees of freedom, each seed's value printed beside the interval) and the report
   says so; seeds 3-4 stay resumable. AP **helps** if the interval lies above 0, **hurts** if below. **No difference** is
   claimed only by equivalence: two one-sided t tests at 5 % with a margin of
@@ -50,7 +51,6 @@ PLAN = f"""## Analysis plan (fixed before the results)
 """
 
 
-BUDGET_H = 30.0  # the CPU hours the study may take; past them the plan decides on the seeds done
 RECENT_EPOCHS = 20  # the projection uses the median of this many latest epochs: today's machine, not last week's
 
 

@@ -11,7 +11,6 @@ with fewer than two seeds). Only complete runs (a cycle row for every cycle) are
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
@@ -148,11 +147,9 @@ def load_arm(run_dirs: Mapping[int, Path], cycles: int) -> Arm:
     for seed, run_dir in sorted(run_dirs.items()):
         rows = records.read_rows(run_dir / "metrics.jsonl")
         by_cycle = records.cycle_rows(rows)
-        provenance = json.loads((run_dir / "provenance.json").read_text()) if (
-            run_dir / "provenance.json").exists() else None
-        arm.wall_s += own_wall_s(rows, provenance or {})
-        if provenance is not None:
-            arm.provenance.append(provenance)
+        provenance = records.read_provenance([run_dir])
+        arm.wall_s += own_wall_s(rows, provenance[0] if provenance else {})
+        arm.provenance += provenance
         if [r["cycle"] for r in by_cycle] != list(range(cycles + 1)):
             arm.incomplete.append(f"seed {seed}: {len(by_cycle)} of {cycles + 1} cycles")
             continue
